@@ -130,7 +130,10 @@ class Config:
         f"{MINI_ROOT}/run/checkpoints/step_*/policy (paper: base vs ProRL)")})
     suites: str | None = field(default=None, metadata={"help": (
         "data spec of the evaluation suites, as data.py's eval_suites parses it. "
-        "Default: embedded.MINI_EVAL_SPEC (the embedded default's held-out suites)")})
+        "Default: embedded.mini_eval_suites() (the embedded default's held-out suites, "
+        "minus questions seen in training)")})
+    problems: int = field(default=0, metadata={"help": (
+        "problems per default suite (0 = embedded.EVAL_N); ignored with --suites")})
     passk: int = field(default=PAPER_PASSK, metadata={"help": (
         "largest k; pass@k is reported for powers of 2 up to it (paper §4: 128)")})
     n: int = field(default=0, metadata={"help": (
@@ -517,7 +520,11 @@ def evaluate(cfg: Config, suites: dict[str, list[dict]] | None = None,
     checkpoint with uncached tasks, and close() runs before the next checkpoint starts.
     """
     paths = cfg.checkpoints or default_checkpoints()
-    suites = suites if suites is not None else load_suites(cfg.suites or default_suites_spec())
+    if suites is None and not cfg.suites:
+        import embedded  # the embedded default's held-out suites, minus any question seen in training
+
+        suites = embedded.mini_eval_suites(n=cfg.problems or embedded.EVAL_N)
+    suites = suites if suites is not None else load_suites(cfg.suites)
     score_fn = score_fn or (lambda texts, tasks: rewards.score_batch(
         texts, tasks, workers=cfg.workers, allow_unsafe_code=cfg.allow_unsafe_code))
     max_tokens = cfg.max_tokens or default_max_tokens()

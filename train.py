@@ -82,17 +82,17 @@ class Config:
     train_data: str = _f("", "data spec (see data.py); '' = the embedded default's Reasoning Gym tasks [5 domains, 136K]")
     val_data: str = _f("", "validation spec for reset decisions; '' = embedded default [AIME24, Codeforces, GPQA-D, IFEval, graph_color]")
     seed: int = _f(0, "seed of data order, sampling and init")
-    steps: int = _f(150, "training steps [> 2,000 over 8 runs]")
+    steps: int = _f(40, "training steps [> 2,000 over 8 runs]")
     resume: bool = _f(False, "continue from the newest complete checkpoint in --out")
     # rollout
     n: int = _f(16, "samples per prompt (group size G) [16; 32 in runs 6-7]")
     temperature: float = _f(1.2, "rollout temperature; log-probs use logits / T [1.2]")
     top_p: float = _f(1.0, "rollout nucleus sampling [1.0]")
-    max_prompt_tokens: int = _f(384, "prompts longer than this are filtered (counted) [not reported]")
-    max_response_tokens: int = _f(96, "response budget [8192; 16384 in run 8]")
+    max_prompt_tokens: int = _f(160, "prompts longer than this are filtered (counted) [not reported]")
+    max_response_tokens: int = _f(128, "response budget [8192; 16384 in run 8]")
     # batch
-    prompts_per_step: int = _f(32, "prompt groups per training step, over all ranks [256]")
-    mini_batch_prompts: int = _f(16, "prompt groups per gradient update [64, i.e. 4 updates per step]")
+    prompts_per_step: int = _f(8, "prompt groups per training step, over all ranks [256]")
+    mini_batch_prompts: int = _f(4, "prompt groups per gradient update [64, i.e. 4 updates per step]")
     micro_batch_seqs: int = _f(64, "sequences per forward/backward (gradient accumulation) [memory bound]")
     # objective (grpo.py)
     eps_low: float = _f(0.2, "lower clip: ratio >= 1 - eps_low [0.2]")
@@ -100,7 +100,7 @@ class Config:
     clip_ratio_c: float = _f(3.0, "dual clip for A < 0; <= 0 turns it off [verl default 3.0]")
     loss_agg: str = _f("token-mean", "token-mean | seq-mean-token-mean | seq-mean-token-sum [token-mean]")
     adv_norm_by_std: bool = _f(True, "divide by the group std (GRPO); False = Dr. GRPO [True]")
-    kl_coef: float = _f(0.05, "beta of the k3 KL penalty to the reference; 0 disables the reference [not reported; 1e-4]")
+    kl_coef: float = _f(0.1, "beta of the k3 KL penalty to the reference; 0 disables the reference [not reported; 1e-4]")
     kl_kind: str = _f("k3", "KL estimator k1 | k2 | k3 [k3]")
     dynamic_sampling: bool = _f(True, "drop groups whose rewards are all equal and refill (DAPO) [on]")
     max_gen_rounds: int = _f(4, "cap on generation rounds per step when refilling [not reported]")
@@ -113,17 +113,17 @@ class Config:
     grad_clip: float = _f(1.0, "global gradient-norm clip [1.0]")
     max_bad_updates: int = _f(3, "abort after this many non-finite updates in a row (each one is skipped)")
     # reference reset (grpo.ReferenceResetController)
-    reset_every: int = _f(50, "hard-reset the reference to the policy every N steps; 0 = off [at run boundaries, ~200-500 steps]")
+    reset_every: int = _f(20, "hard-reset the reference to the policy every N steps; 0 = off [at run boundaries, ~200-500 steps]")
     reset_patience: int = _f(0, "also reset when validation has not improved for N evaluations; 0 = off [on stall]")
     reset_optimizer: bool = _f(True, "re-initialise the optimizer state at each reset [True; ProRL v2: False]")
     # validation
-    val_every: int = _f(25, "validate every N steps; 0 = never")
+    val_every: int = _f(10, "validate every N steps; 0 = never")
     val_n: int = _f(8, "samples per validation problem for pass@1 [16]")
     val_temperature: float = _f(0.6, "validation temperature [0.6, top-p 0.95]")
     val_top_p: float = _f(0.95, "validation nucleus sampling [0.95]")
     val_problems: int = _f(64, "problems per validation suite (0 = all)")
     # checkpoints
-    ckpt_every: int = _f(25, "checkpoint every N steps (and at the end, and on USR2)")
+    ckpt_every: int = _f(10, "checkpoint every N steps (and at the end, and on USR2)")
     keep_last: int = _f(3, "checkpoints kept")
     # system
     dtype: str = _f("float32", "parameter / engine dtype: float32 | bfloat16 (bf16 mixed precision on GPU)")
@@ -829,7 +829,7 @@ def submit(cfg: Config) -> int:
     print(f"submitted job {job.job_id} ({cfg.nodes} nodes x {tasks} tasks); logs in {folder}", flush=True)
     if cfg.no_wait:
         return 0
-    job.result()  # raises if the job failed; its stderr is in the submitit folder
+    job.results()  # one result per task; raises if any task failed (its stderr is in the submitit folder)
     print(f"job {job.job_id} finished; metrics in {Path(cfg.out) / 'metrics.jsonl'}", flush=True)
     return 0
 

@@ -44,9 +44,7 @@ TRAIN_TIMEOUT_S = 600  # train.py: engine start per rank, per attempt, on 2 core
 JOB_END_TIMEOUT_S = 60  # results written -> tasks exit -> Slurm marks the job ended
 POLL_S = 0.2
 
-# Small-model flags for train.py under test (the lead's CLI; not final yet). ONE place.
-TRAIN_SMALL_ARGS: list[str] = []
-TRAIN_USR2_STEPS = 20  # enough steps that USR2 (sent after the first metrics line) lands mid-run
+TRAIN_USR2_STEPS = 30  # enough steps that USR2 (sent after the first metrics line) lands mid-run
 TRAIN_NO_PERIODIC_CKPT = ["--ckpt-every", "1000"]  # so a mid-run checkpoint can only be USR2's
 
 
@@ -393,7 +391,19 @@ def test_sbatch_script_forwards_usr2_to_every_torchrun_rank_and_requeues(tmp_pat
 # ---------------------------------------------------------------- train.py through submitit
 
 
-def _train_cmd(tmp_path: Path, steps: int, *extra: str) -> list[str]:
+@pytest.fixture(scope="module")
+def small_args(tiny_model_dir, tmp_path_factory) -> list[str]:
+    """train.py on the session's tiny random Qwen2 and instruction-following tasks (test_train.py's)."""
+    from test_train import IF_TASK
+
+    tasks = tmp_path_factory.mktemp("slurm_tasks") / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(dict(IF_TASK, id=f"if/{i}")) + "\n" for i in range(8)))
+    return ["--model", str(tiny_model_dir), "--train-data", f"tasks:{tasks}", "--prompts-per-step", "4",
+            "--mini-batch-prompts", "2", "--n", "8", "--max-response-tokens", "16", "--val-every", "0",
+            "--reward-workers", "1", "--kv-cache-gb", "0.5"]
+
+
+def _train_cmd(tmp_path: Path, steps: int, small_args: list[str], *extra: str) -> list[str]:
     return [
         sys.executable,
         str(REPO / "train.py"),
@@ -403,7 +413,7 @@ def _train_cmd(tmp_path: Path, steps: int, *extra: str) -> list[str]:
         "--slurm-folder", str(tmp_path / "submitit"),
         "--out", str(tmp_path / "run"),
         "--steps", str(steps),
-        *TRAIN_SMALL_ARGS,
+        *small_args,
         *extra,
     ]  # fmt: skip
 
@@ -429,9 +439,9 @@ def _checkpoint_steps(run_dir: Path) -> set[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(TRAIN_TIMEOUT_S + 60)
-def test_train_two_nodes_through_submitit_writes_one_metrics_line_per_step(tmp_path, job_ids):
+def test_train_two_nodes_through_submitit_writes_one_metrics_line_per_step(tmp_path, job_ids, small_args):
     proc = subprocess.run(
-        _train_cmd(tmp_path, 2), capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, cwd=REPO
+        _train_cmd(tmp_path, 2, small_args), capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, cwd=REPO
     )
     ids = re.findall(r"submitted job (\d+)", proc.stdout)
     job_ids.extend(ids)
@@ -444,10 +454,10 @@ def test_train_two_nodes_through_submitit_writes_one_metrics_line_per_step(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.timeout(2 * TRAIN_TIMEOUT_S + 60)
-def test_train_usr2_checkpoints_requeues_and_continues_metrics_exactly(tmp_path, job_ids):
+def test_train_usr2_checkpoints_requeues_and_continues_metrics_exactly(tmp_path, job_ids, small_args):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        _train_cmd(tmp_path, TRAIN_USR2_STEPS, "--no-wait", *TRAIN_NO_PERIODIC_CKPT),
+        _train_cmd(tmp_path, TRAIN_USR2_STEPS, small_args, "--no-wait", *TRAIN_NO_PERIODIC_CKPT),
         capture_output=True,
         text=True,
         timeout=120,
