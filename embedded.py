@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -428,7 +429,9 @@ def ensure_base(out_root: str | Path = "out/mini", seed: int = 0, size: str = "m
 
     root = Path(out_root)
     tok_dir, base_dir, warm_dir = root / "tokenizer", root / "base", root / "warmstart"
-    tok_fp = _fingerprint(stage="tokenizer", seed=seed, vocab=VOCAB_SIZE, template=CHAT_TEMPLATE)
+    # The builders' source is part of the fingerprint: a changed tokenizer recipe rebuilds everything after it.
+    tok_fp = _fingerprint(stage="tokenizer", seed=seed, vocab=VOCAB_SIZE, template=CHAT_TEMPLATE,
+                          code=inspect.getsource(build_tokenizer) + inspect.getsource(prompt_phrases))
     base_fp = _fingerprint(stage="base", tok=tok_fp, size=MODEL_SIZES[size], seed=seed, pos=MAX_POSITION_EMBEDDINGS)
     warm_fp = _fingerprint(stage="warmstart", base=base_fp, steps=sft_steps, batch=SFT_BATCH, lr=SFT_LR,
                            n=SFT_N, warmup=SFT_WARMUP, seed=seed)
