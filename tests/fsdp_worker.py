@@ -51,8 +51,10 @@ def main(model_dir: str, out: str):
     metrics = train.policy_update(policy, ref, opt, batch, adv, cfg, world)
     metrics.pop("_old_logp")
     weights = train.full_state_dict(policy)
+    train.copy_weights(ref, policy)  # a reference reset after the update (sharded and root params alike)
+    ref_weights = train.full_state_dict(ref)
     if rank == 0:
-        torch.save({"metrics": metrics, "weights": weights}, out)
+        torch.save({"metrics": metrics, "weights": weights, "ref_after_reset": ref_weights}, out)
     if dist.is_initialized():
         dist.destroy_process_group()
 

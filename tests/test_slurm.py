@@ -99,6 +99,17 @@ def slurm_cluster():
     subprocess.run(["bash", str(LOCAL_CLUSTER), "stop"], timeout=180)
 
 
+# Set in this pytest process by earlier tests' in-process vLLM engines; sbatch would export them into the
+# job, where submitit refuses to overwrite them ("Cannot export environment variables as ... is set").
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def clean_dist_env(monkeypatch):
+    for key in DIST_ENV:
+        monkeypatch.delenv(key, raising=False)
+
+
 @pytest.fixture
 def job_ids(slurm_cluster):
     """Ids of jobs a test submitted; whatever is still queued or running is cancelled afterwards."""
@@ -460,7 +471,7 @@ def test_train_usr2_checkpoints_requeues_and_continues_metrics_exactly(tmp_path,
         _train_cmd(tmp_path, TRAIN_USR2_STEPS, small_args, "--no-wait", *TRAIN_NO_PERIODIC_CKPT),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=JOB_TIMEOUT_S * 3,  # imports torch/transformers, submits, returns: slow on a loaded 2-core box
         cwd=REPO,
     )
     assert proc.returncode == 0, f"train.py --no-wait exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"

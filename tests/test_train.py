@@ -131,6 +131,8 @@ def test_two_fsdp_ranks_on_gloo_match_one_process(tiny_model_dir, tmp_path):
     assert moved > 5e-3  # the update moved the weights 25x more than the tolerance below
     diff = max((one["weights"][k] - two["weights"][k]).abs().max().item() for k in one["weights"])
     assert diff < 2e-4
+    for run in (one, two):  # a reference reset copies the policy exactly, also under FSDP
+        assert all(torch.equal(run["ref_after_reset"][k], run["weights"][k]) for k in run["weights"])
 
 
 # ---------------------------------------------------------------------------------------------- end to end
