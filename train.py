@@ -140,7 +140,7 @@ class Config:
     account: str = _f("", "Slurm account")
     time_min: int = _f(60, "Slurm time limit per job in minutes; the job requeues itself at the limit")
     slurm_folder: str = _f("", "submitit logs; '' = <out>/submitit")
-    no_wait: bool = _f(False, "submit and return instead of waiting for the job")
+    wait: bool = _f(True, "wait for the Slurm job to finish (--no-wait: submit and return)")
 
 
 PRESETS = {
@@ -831,7 +831,7 @@ def submit(cfg: Config) -> int:
     ex.update_parameters(**params)
     job = ex.submit(SlurmJob(dataclasses.replace(cfg, nodes=0)))
     print(f"submitted job {job.job_id} ({cfg.nodes} nodes x {tasks} tasks); logs in {folder}", flush=True)
-    if cfg.no_wait:
+    if not cfg.wait:
         return 0
     job.results()  # one result per task; raises if any task failed (its stderr is in the submitit folder)
     print(f"job {job.job_id} finished; metrics in {Path(cfg.out) / 'metrics.jsonl'}", flush=True)

@@ -78,6 +78,7 @@ def test_no_arguments_gives_the_embedded_default_and_prorl_preset_the_paper():
             p.max_response_tokens) == (16, 1.2, 0.2, 0.4, 2e-6, 256, 64, 8192)
     assert p.prompts_per_step // p.mini_batch_prompts == 4  # 4 gradient updates per rollout step (App. E)
     assert "DeepSeek-R1-Distill-Qwen-1.5B" in p.model
+    assert train.parse_args(["--no-wait"]).wait is False and train.parse_args([]).wait is True
     # an explicit flag beats the preset
     assert train.parse_args(["--preset", "prorl", "--max-response-tokens", "16384"]).max_response_tokens == 16384
 
