@@ -389,13 +389,14 @@ def policy_update(policy, ref, optimizer, batch, adv, cfg: Config, world: int) -
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: step_XXXXXX/{policy/ (HF format), ref.safetensors, optim.pt, state.json, rng_rank*.pt, COMPLETE}
-def save_checkpoint(cfg: Config, step: int, policy, ref, optimizer, tokenizer, state: dict, rank: int) -> Path | None:
+def save_checkpoint(cfg: Config, step: int, policy, ref, optimizer, tokenizer, state: dict, rank: int,
+                    policy_sd: dict[str, torch.Tensor]) -> Path | None:
+    """`policy_sd`: the full weights already gathered for this step's engine push (no second all-gather)."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     root = Path(cfg.out) / "checkpoints"
     final, tmp = root / f"step_{step:06d}", root / f"step_{step:06d}.tmp"
-    policy_sd = full_state_dict(policy)  # collectives: every rank takes part
     ref_sd = full_state_dict(ref) if ref is not None else None
     optim_sd = get_optimizer_state_dict(policy, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
@@ -676,8 +677,7 @@ def train(cfg: Config) -> dict:
         with timed(times, "time/push"):
             sd = full_state_dict(policy)
             engine.wake_up()
-            engine.update_weights(sd)
-            del sd
+            engine.update_weights(sd)  # sd is kept for this step's checkpoint
 
         # ---- 9. metrics of this step (rank sums, then means)
         scores = torch.tensor([x for g in groups for x in g["scores"]])
@@ -723,7 +723,7 @@ def train(cfg: Config) -> dict:
             with timed(times, "time/ckpt"):
                 st = {"step": step + 1, "config": dataclasses.asdict(cfg), "controller": controller.state_dict(),
                       "mixture": _gather_objects(mixture.state_dict(), world)}
-                save_checkpoint(cfg, step + 1, policy, ref, optimizer, tokenizer, st, rank)
+                save_checkpoint(cfg, step + 1, policy, ref, optimizer, tokenizer, st, rank, policy_sd=sd)
         if stopping:
             print0(rank, f"stopping at step {step + 1} (USR2): checkpoint written, requeueing")
             engine.close()
