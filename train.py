@@ -398,7 +398,10 @@ def save_checkpoint(cfg: Config, step: int, policy, ref, optimizer, tokenizer, s
     root = Path(cfg.out) / "checkpoints"
     final, tmp = root / f"step_{step:06d}", root / f"step_{step:06d}.tmp"
     ref_sd = full_state_dict(ref) if ref is not None else None
-    optim_sd = get_optimizer_state_dict(policy, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # An optimizer with no state yet (just reset) is saved as None: torch's helper would first "initialise" it
+    # with a zero-lr step, advancing Adam's step count, so a resumed run would differ from an uninterrupted one.
+    optim_sd = (get_optimizer_state_dict(policy, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+                if optimizer.state else None)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "policy").mkdir(parents=True)
@@ -589,8 +592,9 @@ def train(cfg: Config) -> dict:
     if ckpt:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(policy, optimizer, torch.load(ckpt / "optim.pt", weights_only=False),
-                                 options=StateDictOptions(full_state_dict=True))
+        optim_sd = torch.load(ckpt / "optim.pt", weights_only=False)
+        if optim_sd is not None:  # None: saved right after an optimizer reset, the fresh optimizer is that state
+            set_optimizer_state_dict(policy, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
         rng = torch.load(ckpt / f"rng_rank{rank}.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
