@@ -328,29 +328,40 @@ def policy_update(policy, ref, optimizer, batch, adv, cfg: Config, world: int) -
     B = batch["input_ids"].shape[0]
     mask = batch["mask"]
     T = cfg.temperature
-    # -- 6. old log-probs (the policy before this step's updates) and reference log-probs, on logits / T
+    n_updates = cfg.prompts_per_step // cfg.mini_batch_prompts
+    minibatches = torch.arange(B).chunk(n_updates)  # groups are contiguous, so chunks keep groups whole
+    # -- 6. old log-probs (the policy before this step's updates) and reference log-probs, on logits / T.
+    # The first mini-batch meets the policy before any update, so its old log-probs are its own training
+    # forward's, detached (ratio = 1 exactly): only later mini-batches need this no-grad forward, and with
+    # one update per step it disappears.
+    t0 = time.perf_counter()
     old_logp = torch.zeros_like(mask)
     ref_logp = torch.zeros_like(mask)
     ent_sum = torch.zeros(())
     with torch.no_grad():
-        for idx in micro_batches(torch.arange(B), cfg.micro_batch_seqs):
+        for idx in micro_batches(torch.arange(len(minibatches[0]), B), cfg.micro_batch_seqs):
             logp, ent, Lm = forward_logprobs(policy, batch, idx, T, with_entropy=True)
             old_logp[idx, :Lm] = logp
             ent_sum += (ent * mask[idx, :Lm]).sum().cpu()
-            if ref is not None:
-                ref_logp[idx, :Lm] = forward_logprobs(ref, batch, idx, T, with_entropy=False)[0]
+        if ref is not None:
+            for idx in micro_batches(torch.arange(B), cfg.micro_batch_seqs):
+                logp, _, Lm = forward_logprobs(ref, batch, idx, T, with_entropy=False)
+                ref_logp[idx, :Lm] = logp
     n_tok = mask.sum().cpu()
+    logprob_s = time.perf_counter() - t0
 
     # -- 7. mini-batch updates: prompts_per_step / mini_batch_prompts optimizer steps
-    n_updates = cfg.prompts_per_step // cfg.mini_batch_prompts
     sums = {k: torch.zeros(()) for k in ("pg_loss", "kl", "clipfrac", "clipfrac_high", "clipfrac_low", "ppo_kl", "tokens")}
     grad_norms, bad = [], 0
-    for mb in torch.arange(B).chunk(n_updates):  # groups are contiguous, so chunks keep groups whole
+    for u, mb in enumerate(minibatches):
         mb_tok = all_reduce(mask[mb].sum().cpu().clone())  # tokens of this mini-batch over all ranks
         mb_seq = all_reduce(torch.tensor(float(len(mb))))
         optimizer.zero_grad(set_to_none=True)
         for idx in micro_batches(mb, cfg.micro_batch_seqs):
-            logp, _, Lm = forward_logprobs(policy, batch, idx, T, with_entropy=False)  # (b, Lm)
+            logp, ent, Lm = forward_logprobs(policy, batch, idx, T, with_entropy=u == 0)  # (b, Lm)
+            if u == 0:  # not updated yet: this forward is the old policy's
+                old_logp[idx, :Lm] = logp.detach()
+                ent_sum += (ent * mask[idx, :Lm]).sum().cpu()
             m, old, a = mask[idx, :Lm], old_logp[idx, :Lm], adv[idx]
             pg_loss, pm = grpo.policy_loss(logp, old, a, m, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                            clip_ratio_c=cfg.clip_ratio_c if cfg.clip_ratio_c > 0 else None,
@@ -384,6 +395,7 @@ def policy_update(policy, ref, optimizer, batch, adv, cfg: Config, world: int) -
     out["train/bad_updates"] = bad
     out["train/updates"] = n_updates
     out["_old_logp"] = old_logp  # for the engine-vs-trainer mismatch metric
+    out["_logprob_s"] = logprob_s  # seconds of phase 6 (old + reference log-probs)
     return out
 
 
@@ -673,6 +685,8 @@ def train(cfg: Config) -> dict:
         with timed(times, "time/update"):
             upd = policy_update(policy, ref, optimizer, batch, adv, cfg, world)
         old_logp = upd.pop("_old_logp")
+        times["time/logprob"] = upd.pop("_logprob_s")  # phase 6 alone; time/update is then phase 7 alone
+        times["time/update"] -= times["time/logprob"]
         bad_in_a_row = bad_in_a_row + 1 if upd["train/bad_updates"] == upd["train/updates"] else 0
         if bad_in_a_row >= cfg.max_bad_updates:
             raise RuntimeError(f"step {step}: {bad_in_a_row} steps in a row with only non-finite updates; aborting")

@@ -8,8 +8,9 @@ in its own process; the first step of every run is warm-up and is not counted. P
 generated tokens per second of step time, the ratio, each side's phase breakdown and its peak memory.
 
     ours  `python train.py ...` as a subprocess (nothing imports train.py). Per-step times come from its
-          metrics.jsonl: time/rollout (vLLM generation), time/reward, time/update (old + reference log-prob
-          recompute AND the optimizer step: train.py times them as one phase), time/push (weights into vLLM).
+          metrics.jsonl: time/rollout (vLLM generation), time/reward, time/logprob (reference log-probs; with
+          one update per step the old log-probs come from the update's own forward, as in TRL), time/update
+          (loss forward/backward + optimizer step), time/push (weights into vLLM).
     TRL   TRL 1.16 GRPOTrainer in `--side trl` mode of this script, as a subprocess with PYTHONPATH =
           out/bench-env (TRL and accelerate live only there, never in the project venv). Generation is
           TRL's default `transformers generate` path (use_vllm=False); `--trl-vllm` also tries its vLLM path
@@ -22,8 +23,8 @@ Equal settings where TRL's defaults differ (FIELD_NOTES): beta 1e-3 (TRL default
 False (TRL multiplies k3 by the ratio by default), loss_type "dapo" (token-mean over the whole accumulated
 batch = our token-mean over the mini-batch), scale_rewards "group", top_k 0, constant lr, no warm-up,
 fp32 (TRL defaults to bf16 where supported), gradient_checkpointing False (TRL's default is True).
-Left unequal: our dual clip (c = 3, inactive at ratio 1), our advantage eps (1e-6 vs TRL's 1e-4), and our
-recompute of old log-probs (TRL skips it when generation and update are aligned: its ratio is exactly 1).
+Left unequal: our dual clip (c = 3, inactive at ratio 1) and our advantage eps (1e-6 vs TRL's 1e-4). Neither
+side recomputes old log-probs with one update per step (the ratio is exactly 1 in both).
 
 Forcing 256-token completions: neither train.py nor rollout.py exposes vLLM's min_tokens / ignore_eos, so the
 model itself almost never emits EOS: its lm_head is untied, the EOS row is zero (EOS logit 0) and the other
@@ -175,7 +176,7 @@ def ours_steps(out: Path) -> list[dict]:
         tokens = r["rollout/response_len"] * PROMPTS * N
         steps.append({"step": r["step"], "time/step": r["time/step"], "gen_tokens": tokens,
                       "gen/mean_len": r["rollout/response_len"], "gen/truncated_frac": r["rollout/truncated"],
-                      **{k: r.get(k, 0.0) for k in ("time/rollout", "time/reward", "time/update", "time/push")}})
+                      **{k: r.get(k, 0.0) for k in ("time/rollout", "time/reward", "time/logprob", "time/update", "time/push")}})
     return steps
 
 
@@ -238,7 +239,7 @@ def trl_main(a) -> int:
             dt = time.perf_counter() - self.t0
             gen, rew = phases.get("time/rollout", 0.0), phases.get("time/reward", 0.0)
             rec = {"step": state.global_step, "time/step": dt, "time/rollout": gen, "time/reward": rew,
-                   "time/ref_logprob": phases.get("_gen_and_score", 0.0) - gen - rew,
+                   "time/logprob": phases.get("_gen_and_score", 0.0) - gen - rew,
                    "time/update": dt - phases.get("_gen_and_score", 0.0), "time/push": phases.get("time/push", 0.0),
                    "gen_tokens": counts["gen_tokens"], "gen/mean_len": counts["gen_tokens"] / max(counts["samples"], 1),
                    "gen/truncated_frac": counts["truncated"] / max(counts["samples"], 1)}
