@@ -150,6 +150,9 @@ class Config:
     metrics: str | None = field(default=None, metadata={"help": (
         "train.py's metrics.jsonl for the training-dynamics figure. Default: "
         f"{MINI_ROOT}/run/metrics.jsonl if it exists")})
+    runs: list[str] | None = field(default=None, metadata={"help": (
+        "LABEL=metrics.jsonl pairs of training runs to overlay (entropy, reward, KL, validation) in "
+        "run_comparison.png: the ablation study (README). Default: none")})
     plots_only: bool = field(default=False, metadata={"help": (
         "no sampling: redraw figures and the table from <out>/results.json")})
     correct_threshold: float = field(default=CORRECT_THRESHOLD, metadata={"help": (
@@ -188,7 +191,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             parser.add_argument(flag, action="store_true", help=f.metadata["help"])
-        elif f.name == "checkpoints":
+        elif f.name in ("checkpoints", "runs"):
             parser.add_argument(flag, nargs="+", default=None, help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
@@ -205,6 +208,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
             parse_vertices(cfg.train_vertices)
         except ValueError as e:
             parser.error(str(e))
+    for item in cfg.runs or []:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            parser.error(f"--runs: expected LABEL=path/to/metrics.jsonl, got {item!r}")
+        if not os.path.isfile(path):
+            parser.error(f"--runs {item!r}: {path} is not a file")
     try:
         engine = json.loads(cfg.engine)
     except json.JSONDecodeError as e:
@@ -870,6 +879,27 @@ def plot_training_dynamics(metrics_path: str, out_dir: str) -> str:
     return _save(fig, payload, out_dir, "training_dynamics")
 
 
+COMPARISON_PANELS = {"entropy": "train/entropy", "reward (T=1.2)": "rollout/reward", "KL to reference": "train/kl",
+                     "validation pass@1 (blend)": "val/blend"}
+
+
+def plot_run_comparison(runs: dict[str, str], out_dir: str) -> str:
+    """Several training runs (label -> metrics.jsonl) overlaid per metric: the ablation figure."""
+    fig, axes = _grid(len(COMPARISON_PANELS), width=4.0)
+    payload = {"runs": runs, "series": {}}
+    for ax, (title, key) in zip(axes, COMPARISON_PANELS.items()):
+        for label, path in runs.items():
+            recs = read_metrics(path)
+            pts = [(r.get("step", i), r[key]) for i, r in enumerate(recs) if _is_num(r.get(key))]
+            payload["series"][f"{label}:{key}"] = pts
+            if pts:
+                ax.plot(*zip(*pts), lw=1, marker="o" if key.startswith("val/") else None, ms=3, label=label)
+        ax.set(title=title, xlabel="step")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    return _save(fig, payload, out_dir, "run_comparison")
+
+
 def make_figures(results: dict, out_dir: str, metrics_path: str | None = None) -> list[str]:
     """Every figure the results support; returns the PNG paths written."""
     pngs = [plot_passk_curves(results, out_dir), plot_pass1_hist(results, out_dir),
@@ -939,6 +969,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics_path = cfg.metrics or default_metrics_path()
     for png in make_figures(results, cfg.out, metrics_path):
         log.info("wrote %s", png)
+    if cfg.runs:
+        log.info("wrote %s", plot_run_comparison(dict(r.split("=", 1) for r in cfg.runs), cfg.out))
     table = summary_table(results)
     with open(os.path.join(cfg.out, "summary.md"), "w") as fh:
         fh.write(table)

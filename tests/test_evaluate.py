@@ -406,3 +406,18 @@ def test_end_to_end_on_tiny_model(tiny_model_dir, engine, tmp_path):
     assert "graph_color_v4" in ev.summary_table(res)
     assert ev.evaluate(cfg, suites, sampler_factory=shared_engine)["results"] == res["results"]
     assert len(calls) == 1
+
+
+def test_run_comparison_overlays_each_run_and_checks_its_flag(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"step": 1, "train/entropy": 0.5}\n{"step": 2, "train/entropy": 0.4, "val/blend": 0.3}\n')
+    b.write_text('{"step": 1, "train/entropy": 0.9}\n{"step": 2, "train/entropy": 1.1, "val/blend": 0.1}\n')
+    png = ev.plot_run_comparison({"base": str(a), "no reset": str(b)}, str(tmp_path))
+    assert Path(png).stat().st_size > 1000
+    series = json.loads((tmp_path / "run_comparison.json").read_text())["series"]
+    assert series["no reset:train/entropy"] == [[1, 0.9], [2, 1.1]]
+    assert series["base:val/blend"] == [[2, 0.3]] and series["base:rollout/reward"] == []
+    assert ev.parse_args(["--runs", f"x={a}", f"y={b}"]).runs == [f"x={a}", f"y={b}"]
+    for bad in ([f"{a}"], ["x=/no/such/metrics.jsonl"]):
+        with pytest.raises(SystemExit):
+            ev.parse_args(["--runs", *bad])
