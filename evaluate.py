@@ -468,6 +468,22 @@ def task_metrics(scores, ks: list[int], threshold: float = CORRECT_THRESHOLD) ->
     return row
 
 
+def standard_error(vals) -> float:
+    """Standard error of a suite's mean over its problems: the noise of a suite this size (the sampling
+    noise of each problem's estimate is inside it). 0 for a single problem."""
+    return float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0
+
+
+def add_standard_errors(results: dict) -> None:
+    """Fill pass@k_se from the per-problem values (results.json files written before it was stored)."""
+    for per_suite in results["results"].values():
+        for r in per_suite.values():
+            for key in [k for k in r if k.startswith("pass@") and not k.endswith("_se")]:
+                vals = [t[key] for t in r["tasks"].values() if key in t]
+                if len(vals) == r["n_tasks"]:
+                    r.setdefault(key + "_se", standard_error(vals))
+
+
 def suite_metrics(records: dict[str, dict], ks: list[int], threshold: float = CORRECT_THRESHOLD) -> dict:
     """Per-task metrics and their means over the suite's problems."""
     tasks = {tid: task_metrics(r["scores"], ks, threshold) for tid, r in records.items()}
@@ -476,6 +492,7 @@ def suite_metrics(records: dict[str, dict], ks: list[int], threshold: float = CO
         vals = [t[f"pass@{k}"] for t in tasks.values() if f"pass@{k}" in t]
         if vals and len(vals) == len(tasks):
             out[f"pass@{k}"] = float(np.mean(vals))
+            out[f"pass@{k}_se"] = standard_error(vals)
     lengths = [x for r in records.values() for x in r.get("lengths", [])]
     samples = sum(len(r["scores"]) for r in records.values())
     out["mean_length"] = float(np.mean(lengths)) if lengths else None
@@ -918,6 +935,11 @@ def make_figures(results: dict, out_dir: str, metrics_path: str | None = None) -
 # ---------------------------------------------------------------------------
 # Summary table
 # ---------------------------------------------------------------------------
+def _pct_se(r: dict, key: str) -> str:
+    se = r.get(key + "_se")  # absent in results.json files written before it was added
+    return f"{100 * r[key]:.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
+
+
 def summary_table(results: dict) -> str:
     """Markdown: per suite, pass@1 and pass@K (%) of each checkpoint, and the regime."""
     ckpts, regimes = results["checkpoints"], results.get("regimes") or {}
@@ -930,14 +952,14 @@ def summary_table(results: dict) -> str:
         row = [s, str(results["results"][ckpts[0]][s]["n_tasks"]), str(k)]
         for c in ckpts:
             r = results["results"][c][s]
-            row += [f"{100 * r['pass@1']:.1f}", f"{100 * r[f'pass@{k}']:.1f}"]
+            row += [_pct_se(r, "pass@1"), _pct_se(r, f"pass@{k}")]
         if regimes:
             r = regimes.get(s, {})
             row += [str(r.get("newly_solved", "")), str(r.get("lost", "")), r.get("regime", "")]
         lines.append("| " + " | ".join(row) + " |")
     samp = results.get("sampling", {})
     lines.append("")
-    lines.append(f"pass@k in %, n = {results.get('n')} samples per problem, T = "
+    lines.append(f"pass@k in % ± its standard error over the suite's problems, n = {results.get('n')} samples per problem, T = "
                  f"{samp.get('temperature')}, top-p = {samp.get('top_p')}, max tokens = "
                  f"{samp.get('max_tokens')}; correct = score >= {results.get('correct_threshold')}.")
     if regimes:
@@ -958,6 +980,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise FileNotFoundError(f"--plots-only: {results_path} not found; run without it first")
         with open(results_path) as fh:
             results = json.load(fh)
+        add_standard_errors(results)
         results["regime_params"] = {"margin": cfg.regime_margin, "plateau_frac": cfg.plateau_frac}
         results["regimes"] = classify_suites(results, cfg.regime_margin, cfg.plateau_frac)
     else:

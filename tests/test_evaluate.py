@@ -361,8 +361,9 @@ def test_summary_table_lists_every_suite_and_checkpoint():
     assert lines[0] == ("| suite | problems | K | warmstart pass@1 | warmstart pass@K | step_50 pass@1 | "
                         "step_50 pass@K | step_100 pass@1 | step_100 pass@K | newly solved | lost | regime |")
     row = next(x for x in lines if x.startswith("| graph_color_v4 "))
-    # warmstart pass@1 = 11/32 = 34.4 %, pass@8 = 3 of 4 problems solved at least once = 75.0 %
-    assert row.startswith("| graph_color_v4 | 4 | 8 | 34.4 | 75.0 |") and row.endswith("| 1 | 0 | plateau |")
+    # warmstart pass@1 = 11/32 = 34.4 %, pass@8 = 3 of 4 problems solved at least once = 75.0 %; standard
+    # errors over the 4 problems: std([.25, 0, 1, .125], ddof=1) / 2 = 22.5 %, std([1, 0, 1, 1], ddof=1) / 2 = 25 %
+    assert row.startswith("| graph_color_v4 | 4 | 8 | 34.4 ± 22.5 | 75.0 ± 25.0 |") and row.endswith("| 1 | 0 | plateau |")
     assert len([x for x in lines if x.startswith("| ") and "---" not in x]) == 1 + len(res["suites"])
 
 
@@ -421,3 +422,11 @@ def test_run_comparison_overlays_each_run_and_checks_its_flag(tmp_path):
     for bad in ([f"{a}"], ["x=/no/such/metrics.jsonl"]):
         with pytest.raises(SystemExit):
             ev.parse_args(["--runs", *bad])
+
+
+def test_standard_errors_are_refilled_for_old_results_files():
+    res = crafted_results()
+    r = res["results"]["warmstart"]["graph_color_v4"]
+    want = r.pop("pass@1_se"), r.pop("pass@8_se")
+    ev.add_standard_errors(res)
+    assert (r["pass@1_se"], r["pass@8_se"]) == pytest.approx(want) and want[1] == pytest.approx(0.25)
