@@ -317,7 +317,7 @@ def build_model(out_dir: str | Path, tokenizer, size: str = "mini", seed: int = 
 # Supervised warm start
 
 SFT_N = 4000  # worked solutions per task
-SFT_STEPS = 150
+SFT_STEPS = 600
 SFT_BATCH = 32
 SFT_LR = 2e-3  # AdamW, linear warmup then constant
 SFT_WARMUP = 10

@@ -82,7 +82,7 @@ class Config:
     train_data: str = _f("", "data spec (see data.py); '' = the embedded default's Reasoning Gym tasks [5 domains, 136K]")
     val_data: str = _f("", "validation spec for reset decisions; '' = embedded default [AIME24, Codeforces, GPQA-D, IFEval, graph_color]")
     seed: int = _f(0, "seed of data order, sampling and init")
-    steps: int = _f(40, "training steps [> 2,000 over 8 runs]")
+    steps: int = _f(140, "training steps [> 2,000 over 8 runs]")
     resume: bool = _f(False, "continue from the newest complete checkpoint in --out")
     # rollout
     n: int = _f(16, "samples per prompt (group size G) [16; 32 in runs 6-7]")
@@ -108,23 +108,23 @@ class Config:
     overlong_factor: float = _f(1.0, "DAPO soft overlong penalty at the full budget [1.0]")
     no_eos_penalty: float = _f(0.0, "reward penalty for a response that never emits EOS; 0 = off [runs 4-5: on, value not given]")
     # optimizer
-    lr: float = _f(2e-4, "AdamW learning rate, constant [2e-6]")
+    lr: float = _f(5e-4, "AdamW learning rate, constant [2e-6]")
     weight_decay: float = _f(0.0, "AdamW weight decay [0.01 in verl]")
     grad_clip: float = _f(1.0, "global gradient-norm clip [1.0]")
     max_bad_updates: int = _f(3, "abort after this many non-finite updates in a row (each one is skipped)")
     # reference reset (grpo.ReferenceResetController)
-    reset_every: int = _f(20, "hard-reset the reference to the policy every N steps; 0 = off [at run boundaries, ~200-500 steps]")
+    reset_every: int = _f(40, "hard-reset the reference to the policy every N steps; 0 = off [at run boundaries, ~200-500 steps]")
     reset_patience: int = _f(0, "also reset when validation has not improved for N evaluations; 0 = off [on stall]")
     reset_optimizer: bool = _f(True, "re-initialise the optimizer state at each reset [True; ProRL v2: False]")
     # validation
-    val_every: int = _f(10, "validate every N steps; 0 = never")
+    val_every: int = _f(20, "validate every N steps; 0 = never")
     val_n: int = _f(8, "samples per validation problem for pass@1 [16]")
     val_temperature: float = _f(0.6, "validation temperature [0.6, top-p 0.95]")
     val_top_p: float = _f(0.95, "validation nucleus sampling [0.95]")
     val_problems: int = _f(64, "problems per validation suite (0 = all)")
     # checkpoints
-    ckpt_every: int = _f(10, "checkpoint every N steps (and at the end, and on USR2)")
-    keep_last: int = _f(3, "checkpoints kept")
+    ckpt_every: int = _f(20, "checkpoint every N steps (and at the end, and on USR2)")
+    keep_last: int = _f(10, "checkpoints kept")
     # system
     dtype: str = _f("float32", "parameter / engine dtype: float32 | bfloat16 (bf16 mixed precision on GPU)")
     grad_checkpointing: bool = _f(False, "activation checkpointing (on in the prorl preset)")
