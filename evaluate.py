@@ -900,8 +900,18 @@ COMPARISON_PANELS = {"entropy": "train/entropy", "reward (T=1.2)": "rollout/rewa
                      "validation pass@1 (blend)": "val/blend"}
 
 
+COMPARISON_SMOOTH = 10  # per-step curves are drawn as a trailing mean over this many steps
+
+
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each point (fewer at the start)."""
+    c = np.cumsum([0.0, *values])
+    return [(c[i + 1] - c[max(0, i + 1 - window)]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
+
+
 def plot_run_comparison(runs: dict[str, str], out_dir: str) -> str:
-    """Several training runs (label -> metrics.jsonl) overlaid per metric: the ablation figure."""
+    """Several training runs (label -> metrics.jsonl) overlaid per metric: the ablation figure. Per-step
+    metrics are smoothed (trailing mean of COMPARISON_SMOOTH steps); the JSON beside it keeps the raw values."""
     fig, axes = _grid(len(COMPARISON_PANELS), width=4.0)
     payload = {"runs": runs, "series": {}}
     for ax, (title, key) in zip(axes, COMPARISON_PANELS.items()):
@@ -909,9 +919,12 @@ def plot_run_comparison(runs: dict[str, str], out_dir: str) -> str:
             recs = read_metrics(path)
             pts = [(r.get("step", i), r[key]) for i, r in enumerate(recs) if _is_num(r.get(key))]
             payload["series"][f"{label}:{key}"] = pts
-            if pts:
-                ax.plot(*zip(*pts), lw=1, marker="o" if key.startswith("val/") else None, ms=3, label=label)
-        ax.set(title=title, xlabel="step")
+            if pts and key.startswith("val/"):
+                ax.plot(*zip(*pts), lw=1, marker="o", ms=3, label=label)
+            elif pts:
+                ax.plot([p[0] for p in pts], trailing_mean([p[1] for p in pts], COMPARISON_SMOOTH), lw=1, label=label)
+        smooth = "" if key.startswith("val/") else f" ({COMPARISON_SMOOTH}-step mean)"
+        ax.set(title=title + smooth, xlabel="step")
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     return _save(fig, payload, out_dir, "run_comparison")

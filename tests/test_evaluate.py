@@ -430,3 +430,8 @@ def test_standard_errors_are_refilled_for_old_results_files():
     want = r.pop("pass@1_se"), r.pop("pass@8_se")
     ev.add_standard_errors(res)
     assert (r["pass@1_se"], r["pass@8_se"]) == pytest.approx(want) and want[1] == pytest.approx(0.25)
+
+
+def test_trailing_mean_by_hand():
+    assert ev.trailing_mean([1.0, 3.0, 5.0, 7.0], 2) == pytest.approx([1.0, 2.0, 4.0, 6.0])
+    assert ev.trailing_mean([2.0, 4.0], 10) == pytest.approx([2.0, 3.0])
