@@ -925,7 +925,8 @@ def plot_run_comparison(runs: dict[str, str], out_dir: str) -> str:
                 ax.plot([p[0] for p in pts], trailing_mean([p[1] for p in pts], COMPARISON_SMOOTH), lw=1, label=label)
         smooth = "" if key.startswith("val/") else f" ({COMPARISON_SMOOTH}-step mean)"
         ax.set(title=title + smooth, xlabel="step")
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # a metric no run logged leaves an empty panel
+            ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     return _save(fig, payload, out_dir, "run_comparison")
 
