@@ -11,7 +11,9 @@ unbiased estimator (Chen et al. 2021, "Evaluating LLMs trained on code", §2.1) 
            = 1 - prod_{i=n-c+1}^{n} (1 - k / i)          (product form: no huge binomials)
 
 and pass@1 = c / n (the mean correctness). A suite's pass@k is the mean over its
-problems. A sample is correct when its reward is exactly 1.0 (rewards lie in
+problems, reported with its standard error over problems, std(per-problem pass@k) /
+sqrt(#problems): with tens of problems one problem moves a suite by several points.
+A sample is correct when its reward is exactly 1.0 (rewards lie in
 [0, 1]; partial credit such as Reasoning Gym's 0.01 for a valid wrong answer is not
 a solve); `--correct-threshold` relaxes this to score >= threshold.
 
@@ -31,6 +33,7 @@ the figures (PNG, each with its data as JSON beside it) and <out>/summary.md:
     boxnet             pass@1 and pass@K bars per checkpoint (suites boxnet*)
     training_dynamics  reward, entropy, KL, response length, val/* from train.py's metrics.jsonl,
                        dashed lines at reference resets
+    run_comparison     with --runs: several runs' entropy, reward, KL and validation overlaid (ablations)
 
 The table also counts, per suite, problems the final checkpoint solves at least once
 that the base never does (c_base = 0 < c_final: the expanded boundary) and the reverse.
