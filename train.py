@@ -317,8 +317,10 @@ def micro_batches(idx: torch.Tensor, size: int):
 
 # ----------------------------------------------------------------------------------------------------
 # Step phases 6-7: old / reference log-probs, then mini-batch updates. Plain function, testable alone.
-def policy_update(policy, ref, optimizer, batch, adv, cfg: Config, world: int) -> dict[str, float]:
+def policy_update(policy, ref, optimizer, batch, adv, cfg: Config, world: int,
+                  times: dict | None = None) -> dict[str, float]:
     """Phases 6-7 of a step on this rank's sequences. `adv` is (B,), one advantage per sequence.
+    Seconds spent go into `times` as time/logprob (phase 6) and time/update (phase 7).
 
     Every rank holds the same number of sequences, so micro-batch counts match across ranks (FSDP needs
     the same collectives everywhere). The token-mean is over the whole mini-batch of ALL ranks: each
@@ -334,11 +336,11 @@ def policy_update(policy, ref, optimizer, batch, adv, cfg: Config, world: int) -
     # The first mini-batch meets the policy before any update, so its old log-probs are its own training
     # forward's, detached (ratio = 1 exactly): only later mini-batches need this no-grad forward, and with
     # one update per step it disappears.
-    t0 = time.perf_counter()
+    times = {} if times is None else times
     old_logp = torch.zeros_like(mask)
     ref_logp = torch.zeros_like(mask)
     ent_sum = torch.zeros(())
-    with torch.no_grad():
+    with torch.no_grad(), timed(times, "time/logprob"):
         for idx in micro_batches(torch.arange(len(minibatches[0]), B), cfg.micro_batch_seqs):
             logp, ent, Lm = forward_logprobs(policy, batch, idx, T, with_entropy=True)
             old_logp[idx, :Lm] = logp
@@ -348,46 +350,46 @@ def policy_update(policy, ref, optimizer, batch, adv, cfg: Config, world: int) -
                 logp, _, Lm = forward_logprobs(ref, batch, idx, T, with_entropy=False)
                 ref_logp[idx, :Lm] = logp
     n_tok = mask.sum().cpu()
-    logprob_s = time.perf_counter() - t0
 
     # -- 7. mini-batch updates: prompts_per_step / mini_batch_prompts optimizer steps
     sums = {k: torch.zeros(()) for k in ("pg_loss", "kl", "clipfrac", "clipfrac_high", "clipfrac_low", "ppo_kl", "tokens")}
     grad_norms, bad = [], 0
-    for u, mb in enumerate(minibatches):
-        mb_tok = all_reduce(mask[mb].sum().cpu().clone())  # tokens of this mini-batch over all ranks
-        mb_seq = all_reduce(torch.tensor(float(len(mb))))
-        optimizer.zero_grad(set_to_none=True)
-        for idx in micro_batches(mb, cfg.micro_batch_seqs):
-            logp, ent, Lm = forward_logprobs(policy, batch, idx, T, with_entropy=u == 0)  # (b, Lm)
-            if u == 0:  # not updated yet: this forward is the old policy's
-                old_logp[idx, :Lm] = logp.detach()
-                ent_sum += (ent * mask[idx, :Lm]).sum().cpu()
-            m, old, a = mask[idx, :Lm], old_logp[idx, :Lm], adv[idx]
-            pg_loss, pm = grpo.policy_loss(logp, old, a, m, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                                           clip_ratio_c=cfg.clip_ratio_c if cfg.clip_ratio_c > 0 else None,
-                                           agg=cfg.loss_agg)
-            tok_share = m.sum() / mb_tok.to(m.device) * world
-            share = tok_share if cfg.loss_agg == "token-mean" else len(idx) / mb_seq.item() * world
-            loss = pg_loss * share
-            if ref is not None and cfg.kl_coef > 0:
-                kl = grpo.aggregate(grpo.kl_penalty(logp, ref_logp[idx, :Lm], kind=cfg.kl_kind), m, "token-mean")
-                loss = loss + cfg.kl_coef * kl * tok_share
-                sums["kl"] += kl.detach().cpu() * m.sum().cpu()
-            loss.backward()
-            t = m.sum().cpu()
-            sums["pg_loss"] += pg_loss.detach().cpu() * t
-            for k in ("clipfrac", "clipfrac_high", "clipfrac_low", "ppo_kl"):
-                sums[k] += pm[k] * t
-            sums["tokens"] += t
-        gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # global norm: equal on all ranks
-        if not torch.isfinite(gn):
-            optimizer.zero_grad(set_to_none=True)  # skip this update, count it
-            bad += 1
-            log.warning("non-finite gradient norm (%s): update skipped", gn.item())
-            continue
-        optimizer.step()
-        grad_norms.append(gn.item())
+    with timed(times, "time/update"):
+        for u, mb in enumerate(minibatches):
+            mb_tok = all_reduce(mask[mb].sum().cpu().clone())  # tokens of this mini-batch over all ranks
+            mb_seq = all_reduce(torch.tensor(float(len(mb))))
+            optimizer.zero_grad(set_to_none=True)
+            for idx in micro_batches(mb, cfg.micro_batch_seqs):
+                logp, ent, Lm = forward_logprobs(policy, batch, idx, T, with_entropy=u == 0)  # (b, Lm)
+                if u == 0:  # not updated yet: this forward is the old policy's
+                    old_logp[idx, :Lm] = logp.detach()
+                    ent_sum += (ent * mask[idx, :Lm]).sum().cpu()
+                m, old, a = mask[idx, :Lm], old_logp[idx, :Lm], adv[idx]
+                pg_loss, pm = grpo.policy_loss(logp, old, a, m, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                               clip_ratio_c=cfg.clip_ratio_c if cfg.clip_ratio_c > 0 else None,
+                                               agg=cfg.loss_agg)
+                tok_share = m.sum() / mb_tok.to(m.device) * world
+                share = tok_share if cfg.loss_agg == "token-mean" else len(idx) / mb_seq.item() * world
+                loss = pg_loss * share
+                if ref is not None and cfg.kl_coef > 0:
+                    kl = grpo.aggregate(grpo.kl_penalty(logp, ref_logp[idx, :Lm], kind=cfg.kl_kind), m, "token-mean")
+                    loss = loss + cfg.kl_coef * kl * tok_share
+                    sums["kl"] += kl.detach().cpu() * m.sum().cpu()
+                loss.backward()
+                t = m.sum().cpu()
+                sums["pg_loss"] += pg_loss.detach().cpu() * t
+                for k in ("clipfrac", "clipfrac_high", "clipfrac_low", "ppo_kl"):
+                    sums[k] += pm[k] * t
+                sums["tokens"] += t
+            gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # global norm: equal on all ranks
+            if not torch.isfinite(gn):
+                optimizer.zero_grad(set_to_none=True)  # skip this update, count it
+                bad += 1
+                log.warning("non-finite gradient norm (%s): update skipped", gn.item())
+                continue
+            optimizer.step()
+            grad_norms.append(gn.item())
     tot = all_reduce(torch.stack([sums[k] for k in sums] + [ent_sum, n_tok]))
     out = {f"train/{k}": (tot[i] / tot[len(sums) - 1]).item() for i, k in enumerate(sums) if k != "tokens"}
     out["train/entropy"] = (tot[-2] / tot[-1]).item()
@@ -395,7 +397,6 @@ def policy_update(policy, ref, optimizer, batch, adv, cfg: Config, world: int) -
     out["train/bad_updates"] = bad
     out["train/updates"] = n_updates
     out["_old_logp"] = old_logp  # for the engine-vs-trainer mismatch metric
-    out["_logprob_s"] = logprob_s  # seconds of phase 6 (old + reference log-probs)
     return out
 
 
@@ -682,11 +683,8 @@ def train(cfg: Config) -> dict:
 
         # ---- 6-7. old / reference log-probs and the mini-batch updates
         engine.sleep()  # GPU: free the KV cache while the trainer updates (no-op on CPU)
-        with timed(times, "time/update"):
-            upd = policy_update(policy, ref, optimizer, batch, adv, cfg, world)
+        upd = policy_update(policy, ref, optimizer, batch, adv, cfg, world, times)
         old_logp = upd.pop("_old_logp")
-        times["time/logprob"] = upd.pop("_logprob_s")  # phase 6 alone; time/update is then phase 7 alone
-        times["time/update"] -= times["time/logprob"]
         bad_in_a_row = bad_in_a_row + 1 if upd["train/bad_updates"] == upd["train/updates"] else 0
         if bad_in_a_row >= cfg.max_bad_updates:
             raise RuntimeError(f"step {step}: {bad_in_a_row} steps in a row with only non-finite updates; aborting")

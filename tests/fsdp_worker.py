@@ -49,7 +49,7 @@ def main(model_dir: str, out: str):
     adv = torch.cat([grpo.group_advantages(r, N) for _, r in mine])
     batch = train.make_batch(samples, pad_id=0, device=device)
     metrics = train.policy_update(policy, ref, opt, batch, adv, cfg, world)
-    metrics.pop("_old_logp"), metrics.pop("_logprob_s")
+    metrics.pop("_old_logp")
     weights = train.full_state_dict(policy)
     train.copy_weights(ref, policy)  # a reference reset after the update (sharded and root params alike)
     ref_weights = train.full_state_dict(ref)
