@@ -5,6 +5,7 @@ tasks whose constraints ("no commas", "fewer than 6 words") a random model meets
 so groups have mixed rewards and the policy really moves. Real vLLM, real verifiers, real FSDP (gloo).
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -169,6 +170,37 @@ def test_policy_update_equals_the_textbook_two_pass_update(tiny_model_dir, updat
     moved = max((a[k] - first[k]).abs().max().item() for k in a)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert moved > 1e-2 and diff < 1e-6  # measured: moved ~0.08, diff ~1e-7 (float32 rounding)
+
+
+def test_bf16_mixed_precision_update_keeps_fp32_weights_and_follows_the_fp32_update(tiny_model_dir):
+    """--dtype bfloat16 on one rank (CPU here): bf16 autocast forward/backward, fp32 master weights; the
+    update is the fp32 update up to bf16 rounding, and differs from it (autocast really ran)."""
+    import importlib
+
+    fsdp_worker = importlib.import_module("fsdp_worker")
+    from transformers import AutoModelForCausalLM
+
+    first = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    deltas = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = train.Config(prompts_per_step=8, mini_batch_prompts=8, n=4, micro_batch_seqs=3, kl_coef=0.1,
+                           temperature=1.2, dtype=dtype)
+        policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        groups = fsdp_worker.synthetic_groups(policy.config.vocab_size)
+        batch = train.make_batch([s for grp, _ in groups for s in grp], pad_id=0, device="cpu")
+        adv = torch.cat([grpo.group_advantages(r, 4) for _, r in groups])
+        out = train.policy_update(policy, ref, torch.optim.SGD(policy.parameters(), lr=1.0), batch, adv, cfg, world=1)
+        assert all(p.dtype == torch.float32 for p in policy.parameters())
+        assert math.isfinite(out["train/pg_loss"]) and math.isfinite(out["train/entropy"])
+        deltas[dtype] = torch.cat([(v - first[k]).flatten() for k, v in policy.state_dict().items()])
+    d32, d16 = deltas["float32"], deltas["bfloat16"]
+    rel = ((d16 - d32).norm() / d32.norm()).item()
+    assert 0 < rel < 0.1, rel  # bf16 matmuls change the update a little (measured ~0.01), never to another one
+    cpu = torch.device("cpu")
+    assert train.autocast(train.Config(dtype="bfloat16"), cpu, 1).fast_dtype == torch.bfloat16
+    assert not train.autocast(train.Config(dtype="float32"), cpu, 1)._enabled
+    assert train.autocast(train.Config(dtype="bfloat16"), cpu, 2)._enabled  # FSDP on CPU: autocast too
 
 
 # ---------------------------------------------------------------------------------------------- FSDP
