@@ -10,7 +10,9 @@ cluster, so `python train.py` with no arguments trains a miniature of ProRL buil
        vLLM's CPU attention backend rejects smaller heads);
     3. a short supervised warm start on procedurally generated worked solutions (warm_start), the
        stand-in for ProRL's distilled base model (DeepSeek-R1-Distill-Qwen-1.5B, §3.3). It is
-       deliberately short so the model "leaves room to grow": low pass@1, partial pass@k;
+       deliberately short so the model "leaves room to grow": low pass@1, partial pass@k. Besides the
+       RL tasks it sees a few larger graphs (SFT_LARGE_VERTICES), so that the base is weak but not at
+       zero beyond the sizes RL trains on, as a distilled base model is;
     4. the RL phase itself is train.py, fed with MINI_TRAIN_SPEC (its Config defaults are the miniature's).
 
 The SFT objective is the usual next-token cross-entropy on completion tokens only:
@@ -18,8 +20,8 @@ The SFT objective is the usual next-token cross-entropy on completion tokens onl
     L_SFT(theta) = - 1/|C| * sum_{t in C} log pi_theta(y_t | x, y_<t),   C = completion positions
 
 The tasks are Reasoning Gym procedural puzzles (ProRL's logic domain, §3.3): graph_color trained at
-TRAIN_VERTICES (ProRL trains at 10 vertices and tests 10..20, §4 OOD figure; we train at 4-6 and test
-4..10), plus two short-answer arithmetic tasks. Every worked solution is a short <think> trace and an
+TRAIN_VERTICES (ProRL trains at 10 vertices and tests 10..20, §4 OOD figure; RL here trains at 4-6 and
+we test 6..10), plus two short-answer arithmetic tasks. Every worked solution is a short <think> trace and an
 <answer>; graph_color's trace is a greedy colouring (with backtracking) written out vertex by vertex.
 
 Where we depart from ProRL: the base model is ours, tiny and trained for minutes, not a distilled 1.5B
@@ -57,11 +59,17 @@ log = logging.getLogger(__name__)
 
 NUM_COLORS = 3  # RG graph_color default (3 colours); the greedy colouring in vertex order always succeeds on RG puzzles
 EDGE_PROBABILITY = 0.3  # RG's default 0.1 leaves 4-6 vertex graphs almost edgeless (a random colouring would do)
-TRAIN_VERTICES = (4, 6)  # graph_color sizes trained on (ProRL: 10)
+TRAIN_VERTICES = (4, 6)  # graph_color sizes RL trains on (ProRL: 10)
 # graph_color sizes evaluated, one suite each (ProRL: 10..20): 6 is in distribution, 7..10 are larger than any
-# training graph. Sizes 4 and 5 cannot be held out: there are only 2^6 and 2^10 edge sets and the warm start
+# RL training graph. Sizes 4 and 5 cannot be held out: there are only 2^6 and 2^10 edge sets and the warm start
 # and RL pools already draw most of the likely ones.
 EVAL_VERTICES = (6, 10)
+# The warm start also meets a few larger graphs, SFT_LARGE_N of them at 7..10 vertices (RL never does). A
+# distilled base model has seen problems of every size, and ProRL's OOD figure starts from a base that is weak
+# but not at zero beyond the training size: RL on small graphs can only sharpen a procedure the model can
+# already attempt at larger sizes. "Beyond the trained sizes" below means beyond the sizes RL trains on.
+SFT_LARGE_VERTICES = (7, 10)
+SFT_LARGE_N = 1000
 
 GRAPH_COLOR = {"num_colors": NUM_COLORS, "edge_probability": EDGE_PROBABILITY}
 MINI_TASKS: list[tuple[str, dict]] = [
@@ -206,6 +214,13 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True) -> str
 def mini_tasks(n: int, seed: int) -> list[dict]:
     """n tasks of every MINI_TASKS entry (data.py's task schema), task by task."""
     return [t for name, cfg in MINI_TASKS for t in data.reasoning_gym_tasks(name, n, seed, **cfg)]
+
+
+def sft_tasks(n: int, seed: int, n_large: int = SFT_LARGE_N) -> list[dict]:
+    """The warm start's tasks: mini_tasks(n, seed) plus n_large graph_color tasks at SFT_LARGE_VERTICES."""
+    large = data.reasoning_gym_tasks("graph_color", n_large, seed, min_num_vertices=SFT_LARGE_VERTICES[0],
+                                     max_num_vertices=SFT_LARGE_VERTICES[1], **GRAPH_COLOR) if n_large else []
+    return mini_tasks(n, seed) + large
 
 
 def _corpus(tasks: list[dict]):
@@ -364,7 +379,8 @@ def sft_loss(model, batch) -> torch.Tensor:
 
 
 def warm_start(out_dir: str | Path, base_dir: str | Path, steps: int = SFT_STEPS, batch_size: int = SFT_BATCH,
-               lr: float = SFT_LR, n_per_task: int = SFT_N, seed: int = 0) -> tuple[Path, list[float]]:
+               lr: float = SFT_LR, n_per_task: int = SFT_N, seed: int = 0,
+               n_large: int = SFT_LARGE_N) -> tuple[Path, list[float]]:
     """Supervised fine-tuning of base_dir on worked solutions; saves model + tokenizer to out_dir.
     Returns (out_dir, per-step losses)."""
     from tqdm import tqdm
@@ -373,7 +389,7 @@ def warm_start(out_dir: str | Path, base_dir: str | Path, steps: int = SFT_STEPS
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     model = Qwen2ForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    examples = sft_examples(tokenizer, mini_tasks(n_per_task, SFT_DATA_SEED + seed))
+    examples = sft_examples(tokenizer, sft_tasks(n_per_task, SFT_DATA_SEED + seed, n_large))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / SFT_WARMUP))
     batches = sft_batches(examples, batch_size, seed)
@@ -434,7 +450,7 @@ def ensure_base(out_root: str | Path = "out/mini", seed: int = 0, size: str = "m
                           code=inspect.getsource(build_tokenizer) + inspect.getsource(prompt_phrases))
     base_fp = _fingerprint(stage="base", tok=tok_fp, size=MODEL_SIZES[size], seed=seed, pos=MAX_POSITION_EMBEDDINGS)
     warm_fp = _fingerprint(stage="warmstart", base=base_fp, steps=sft_steps, batch=SFT_BATCH, lr=SFT_LR,
-                           n=SFT_N, warmup=SFT_WARMUP, seed=seed)
+                           n=SFT_N, warmup=SFT_WARMUP, seed=seed, large=[SFT_LARGE_VERTICES, SFT_LARGE_N])
     if not _cached(tok_dir, tok_fp):
         _build(tok_dir, tok_fp, "tokenizer", lambda d: {"vocab": len(build_tokenizer(d, seed=seed))})
     if not _cached(base_dir, base_fp):
@@ -460,7 +476,7 @@ def question_key(task: dict) -> str:
 
 def seen_in_training(seed: int = 0) -> set[str]:
     """question_key of every prompt the miniature trains or validates on (warm start, RL, validation)."""
-    seen = {question_key(t) for t in mini_tasks(SFT_N, SFT_DATA_SEED + seed)}
+    seen = {question_key(t) for t in sft_tasks(SFT_N, SFT_DATA_SEED + seed)}
     for spec in (MINI_TRAIN_SPEC, MINI_VAL_SPEC):
         seen |= {question_key(t) for tasks in data.load_spec(spec).values() for t in tasks}
     return seen

@@ -211,6 +211,17 @@ def test_train_spec_has_one_source_per_task_at_the_training_sizes():
     assert sizes <= set(range(E.TRAIN_VERTICES[0], E.TRAIN_VERTICES[1] + 1)) and len(sizes) > 1
 
 
+def test_warm_start_tasks_add_a_few_larger_graphs_that_rl_never_sees():
+    tasks = E.sft_tasks(20, E.SFT_DATA_SEED, n_large=40)
+    graphs = [t for t in tasks if t["rg_task"] == "graph_color"]
+    sizes = [t["rg_entry"]["metadata"]["num_vertices"] for t in graphs]
+    small = set(range(E.TRAIN_VERTICES[0], E.TRAIN_VERTICES[1] + 1))
+    large = set(range(E.SFT_LARGE_VERTICES[0], E.SFT_LARGE_VERTICES[1] + 1))
+    assert sum(s in small for s in sizes) == 20 and sum(s in large for s in sizes) == 40
+    assert len(tasks) == 20 * len(E.MINI_TASKS) + 40 and len({t["id"] for t in tasks}) == len(tasks)
+    assert min(E.SFT_LARGE_VERTICES) > max(E.TRAIN_VERTICES)  # RL's sizes and the extra sizes do not overlap
+
+
 @pytest.mark.slow
 def test_eval_suites_are_held_out_and_cover_larger_graphs():
     suites = E.mini_eval_suites(n=30)
@@ -232,7 +243,8 @@ def test_eval_suites_are_held_out_and_cover_larger_graphs():
 def test_tiny_warm_start_reduces_the_sft_loss(tmp_path, base_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out, losses = E.warm_start(tmp_path / "ws", base_dir, steps=10, batch_size=4, n_per_task=6, seed=0)
+    out, losses = E.warm_start(tmp_path / "ws", base_dir, steps=10, batch_size=4, n_per_task=6, seed=0,
+                               n_large=6)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 1.0, losses  # ~1.4 nats in practice; a model that learns nothing stays near ln(vocab)
     tok = AutoTokenizer.from_pretrained(str(out))
