@@ -22,7 +22,8 @@ generated tokens per second of step time, the ratio, each side's phase breakdown
 Equal settings where TRL's defaults differ (FIELD_NOTES): beta 1e-3 (TRL default 0), use_bias_correction_kl
 False (TRL multiplies k3 by the ratio by default), loss_type "dapo" (token-mean over the whole accumulated
 batch = our token-mean over the mini-batch), scale_rewards "group", top_k 0, constant lr, no warm-up,
-fp32 (TRL defaults to bf16 where supported), gradient_checkpointing False (TRL's default is True).
+fp32 (TRL defaults to bf16 where supported; `--dtype bfloat16` runs both sides in bf16 mixed precision),
+gradient_checkpointing False (TRL's default is True).
 Left unequal: our dual clip (c = 3, inactive at ratio 1) and our advantage eps (1e-6 vs TRL's 1e-4). Neither
 side recomputes old log-probs with one update per step (the ratio is exactly 1 in both).
 
@@ -44,6 +45,7 @@ Run:
     .venv/bin/python bench/bench_trl.py --setup                  # install TRL into out/bench-env (once)
     .venv/bin/python bench/bench_trl.py                          # 2 rounds x (ours, TRL) x 3 steps
     .venv/bin/python bench/bench_trl.py --rounds 3 --steps 4 --trl-vllm
+    .venv/bin/python bench/bench_trl.py --rounds 1 --steps 2 --dtype bfloat16   # both sides in bf16 (TRL's default)
     .venv/bin/python bench/bench_trl.py --combine A/result.json B/result.json --out C   # rounds run at different times
 Output: a table on stdout and out/bench/trl/result.json.
 """
