@@ -32,7 +32,7 @@ Where we depart from ProRL / verl (and why):
     then the job is requeued through submitit; the requeued job resumes from that checkpoint.
 
 Run:
-    python train.py                                   # embedded default: a small model on CPU, ~20 min
+    python train.py                                   # embedded default: a small model on CPU, ~17 min
     python train.py --steps 2 --out out/smoke         # a 2-step smoke run
     python train.py --resume                          # continue from the newest complete checkpoint
     torchrun --nproc_per_node 2 train.py              # N local processes (gloo on CPU, nccl on GPU)
