@@ -54,7 +54,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,12 +314,12 @@ def autocast(cfg: Config, device, world: int):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
-def forward_logprobs(model, batch, idx, temperature: float, with_entropy: bool, amp=None):
+def forward_logprobs(model, batch, idx, temperature: float, with_entropy: bool, amp):
     """Per-token log p(y_t | y_<t) at temperature T for the sequences `idx` of `batch`. (b, L-1)
-    amp: an autocast context (autocast() above) for the model's forward, or None for full precision."""
+    amp: the autocast context of autocast() above (disabled in full precision) for the model's forward."""
     ids, attn = batch["input_ids"][idx], batch["attn"][idx]
     L = int(attn.sum(1).max())  # trim the padding this micro-batch does not need
-    with amp if amp is not None else nullcontext():
+    with amp:
         logits = model(input_ids=ids[:, :L], attention_mask=attn[:, :L]).logits[:, :-1]  # (b, L-1, V)
     logp, ent = grpo.token_logprobs(logits, ids[:, 1:L], temperature=temperature, with_entropy=with_entropy)
     return logp, ent, L - 1
