@@ -354,6 +354,15 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def ratios(summary: dict) -> dict:
+    """TRL / ours in median step time and CPU seconds per step, once both sides have measured steps."""
+    if not all(summary.get(side, {}).get("measured_steps") for side in ("ours", "trl")):
+        return {}
+    o, t = summary["ours"], summary["trl"]
+    return {"ratio_trl_over_ours": t["step_s_median"] / o["step_s_median"],
+            "cpu_ratio_trl_over_ours": t["cpu_s_per_step_median"] / o["cpu_s_per_step_median"]}
+
+
 def print_table(summary: dict) -> None:
     print(f"\n{'side':<10} {'steps':>5} {'median step s':>14} {'CPU s/step':>11} {'gen tok/s':>10} {'mean len':>9} "
           f"{'peak RSS tree / 1 proc MiB':>27}")
@@ -367,10 +376,9 @@ def print_table(summary: dict) -> None:
     for side, s in summary.items():
         if s["measured_steps"]:
             print(f"  {side} phases (median s): " + ", ".join(f"{k[5:]} {v:.1f}" for k, v in s["phases_s_median"].items()))
-    if summary.get("ours", {}).get("measured_steps") and summary.get("trl", {}).get("measured_steps"):
-        o, t = summary["ours"], summary["trl"]
-        print(f"\nratio TRL / ours: step time {t['step_s_median'] / o['step_s_median']:.2f}x, "
-              f"CPU seconds per step {t['cpu_s_per_step_median'] / o['cpu_s_per_step_median']:.2f}x (goal >= 2x)")
+    if r := ratios(summary):
+        print(f"\nratio TRL / ours: step time {r['ratio_trl_over_ours']:.2f}x, "
+              f"CPU seconds per step {r['cpu_ratio_trl_over_ours']:.2f}x (goal >= 2x)")
 
 
 def combine(paths: list[str], out: Path) -> int:
@@ -380,10 +388,8 @@ def combine(paths: list[str], out: Path) -> int:
     summary = summarise(runs)
     print_table(summary)
     combined = {"bench": "bench_trl", "combined_from": paths, "machine": results[0]["machine"],
-                "assets": results[0]["assets"], "settings": results[0]["settings"], "summary": summary, "runs": runs}
-    if all(summary.get(side, {}).get("measured_steps") for side in ("ours", "trl")):
-        combined["ratio_trl_over_ours"] = summary["trl"]["step_s_median"] / summary["ours"]["step_s_median"]
-        combined["cpu_ratio_trl_over_ours"] = summary["trl"]["cpu_s_per_step_median"] / summary["ours"]["cpu_s_per_step_median"]
+                "assets": results[0]["assets"], "settings": results[0]["settings"], "summary": summary, "runs": runs,
+                **ratios(summary)}
     print(f"wrote {common.write_json(out / 'result.json', combined)}")
     return 0
 
@@ -448,10 +454,7 @@ def main(argv=None) -> int:
               "settings": {"prompts": PROMPTS, "n": N, "max_tokens": MAX_TOKENS, "temperature": TEMPERATURE,
                            "eps": [EPS_LOW, EPS_HIGH], "beta": BETA, "loss": "token-mean / TRL dapo",
                            "micro_seqs": MICRO_SEQS, "rounds": a.rounds, "steps_per_run": a.steps, "dtype": a.dtype},
-              "summary": summary, "runs": runs}
-    if "ours" in summary and "trl" in summary and summary["ours"].get("measured_steps") and summary["trl"].get("measured_steps"):
-        result["ratio_trl_over_ours"] = summary["trl"]["step_s_median"] / summary["ours"]["step_s_median"]
-        result["cpu_ratio_trl_over_ours"] = summary["trl"]["cpu_s_per_step_median"] / summary["ours"]["cpu_s_per_step_median"]
+              "summary": summary, "runs": runs, **ratios(summary)}
     path = common.write_json(out / "result.json", result)
     print(f"wrote {path}")
     return 0
