@@ -32,7 +32,7 @@ Where we depart from ProRL / verl (and why):
     then the job is requeued through submitit; the requeued job resumes from that checkpoint.
 
 Run:
-    python train.py                                   # embedded default: a small model on CPU, ~17 min
+    python train.py                                   # embedded default: a small model on CPU, ~19 min
     python train.py --steps 2 --out out/smoke         # a 2-step smoke run
     python train.py --resume                          # continue from the newest complete checkpoint
     torchrun --nproc_per_node 2 train.py              # N local processes (gloo on CPU, nccl on GPU)
@@ -111,7 +111,7 @@ class Config:
     overlong_factor: float = _f(1.0, "DAPO soft overlong penalty at the full budget [1.0]")
     no_eos_penalty: float = _f(0.0, "reward penalty for a response that never emits EOS; 0 = off [runs 4-5: on, value not given]")
     # optimizer
-    lr: float = _f(5e-4, "AdamW learning rate, constant [2e-6]")
+    lr: float = _f(2e-4, "AdamW learning rate, constant [2e-6]")
     weight_decay: float = _f(0.0, "AdamW weight decay [0.01 in verl]")
     grad_clip: float = _f(1.0, "global gradient-norm clip [1.0]")
     max_bad_updates: int = _f(3, "abort after this many non-finite updates in a row (each one is skipped)")
