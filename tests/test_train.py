@@ -198,9 +198,14 @@ def test_bf16_mixed_precision_update_keeps_fp32_weights_and_follows_the_fp32_upd
     rel = ((d16 - d32).norm() / d32.norm()).item()
     assert 0 < rel < 0.1, rel  # bf16 matmuls change the update a little (measured ~0.01), never to another one
     cpu = torch.device("cpu")
-    assert train.autocast(train.Config(dtype="bfloat16"), cpu, 1).fast_dtype == torch.bfloat16
-    assert not train.autocast(train.Config(dtype="float32"), cpu, 1)._enabled
-    assert train.autocast(train.Config(dtype="bfloat16"), cpu, 2)._enabled  # FSDP on CPU: autocast too
+
+    def active(dtype, world):  # (enabled, dtype) inside the context, through torch's public autocast API
+        with train.autocast(train.Config(dtype=dtype), cpu, world):
+            return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    assert active("bfloat16", 1) == (True, torch.bfloat16)
+    assert not active("float32", 1)[0]
+    assert active("bfloat16", 2) == (True, torch.bfloat16)  # FSDP on CPU: autocast too
 
 
 # ---------------------------------------------------------------------------------------------- FSDP
