@@ -837,7 +837,11 @@ class SlurmJob:
         env = submitit.JobEnvironment()
         os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(20000 + int(str(env.job_id).split("_")[0]) % 20000))
-        return train(dataclasses.replace(self.cfg, resume=True))  # a requeued job continues its checkpoints
+        try:
+            return train(dataclasses.replace(self.cfg, resume=True))  # a requeued job continues its checkpoints
+        finally:  # gloo threads still running at interpreter exit can abort the process (SIGABRT)
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
     def checkpoint(self):  # called by submitit on rank 0 after our own checkpoint is written (StopFlag)
         import submitit
@@ -873,9 +877,11 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     if cfg.nodes > 0:
         return submit(cfg)
-    train(cfg)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -339,6 +339,9 @@ else:
     x = torch.ones(1)
     dist.all_reduce(x)
     say("done", attempt, x.item())
+# Without this, gloo's threads can still be running when the interpreter exits, and the C++
+# runtime aborts ("terminate called without an active exception", SIGABRT): seen under load.
+dist.destroy_process_group()
 """
 
 
