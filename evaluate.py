@@ -38,6 +38,18 @@ the figures (PNG, each with its data as JSON beside it) and <out>/summary.md:
 The table also counts, per suite, problems the final checkpoint solves at least once
 that the base never does (c_base = 0 < c_final: the expanded boundary) and the reverse.
 
+Chance baseline. Where a task's answer space is small, pass@k at large k measures
+guessing as much as reasoning. For a task whose answers can be enumerated (graph_color:
+a colour from the k_c options for each of the n vertices), let q be the share of the
+answer space that is correct (proper colourings / k_c^n, counted exactly). A guesser
+drawing answers uniformly and independently then has
+
+    pass@1 = q,        pass@k = 1 - (1 - q)^k,
+
+averaged over the suite's problems like every other pass@k. The table and the
+graph_color figure show it beside the checkpoints ("chance"); suites whose answers
+cannot be enumerated (numbers, code, text) have none.
+
 Checkpoints are compared in the order given: the FIRST is the base, the LAST is
 the final (trained) model, those between are intermediate.
 
@@ -326,6 +338,66 @@ def pass_at_k_per_problem(ns, cs, k: int) -> np.ndarray:
     return np.array([pass_at_k(int(n), int(c), k) for n, c in zip(ns, cs)], dtype=float)  # (P,)
 
 
+def count_proper_colorings(num_vertices: int, edges, num_colors: int) -> int:
+    """Exact number of proper colourings of a graph with num_colors colours.
+
+    Vertices are added in order 0..n-1; the state is the colours of the "frontier" (added vertices
+    that still have a neighbour to come), so the work grows with the frontier, not with n:
+    3^frontier states at most, against 3^n for enumerating every colouring."""
+    later = [set() for _ in range(num_vertices)]  # neighbours with a larger index
+    earlier = [set() for _ in range(num_vertices)]
+    for u, v in edges:
+        if u == v:
+            return 0  # a self-loop: no proper colouring
+        u, v = min(u, v), max(u, v)
+        later[u].add(v)
+        earlier[v].add(u)
+    frontier: tuple[int, ...] = ()  # sorted vertices whose colours the state keeps
+    counts: dict[tuple[int, ...], int] = {(): 1}  # colours of the frontier -> colourings so far
+    for v in range(num_vertices):
+        grown = frontier + (v,)
+        keep = tuple(u for u in grown if any(w > v for w in later[u]))
+        pos = {u: i for i, u in enumerate(frontier)}
+        new_counts: dict[tuple[int, ...], int] = {}
+        for colors, count in counts.items():
+            taken = {colors[pos[u]] for u in earlier[v]}  # every earlier neighbour is in the frontier
+            for c in range(num_colors):
+                if c in taken:
+                    continue
+                full = dict(zip(grown, colors + (c,)))
+                key = tuple(full[u] for u in keep)
+                new_counts[key] = new_counts.get(key, 0) + count
+        frontier, counts = keep, new_counts
+    return sum(counts.values())
+
+
+def guess_rate(task: dict) -> float | None:
+    """q: the chance that one uniformly random answer is correct, where the answer space can be
+    enumerated (Reasoning Gym graph_color); None for every other task."""
+    if task.get("rg_task") != "graph_color":
+        return None
+    puzzle = task["rg_entry"]["metadata"]["puzzle"]
+    n, k = len(puzzle["vertices"]), len(puzzle["color_options"])
+    index = {v: i for i, v in enumerate(puzzle["vertices"])}
+    edges = [(index[u], index[v]) for u, v in puzzle["edges"]]
+    return count_proper_colorings(n, edges, k) / k**n
+
+
+def chance_metrics(tasks: list[dict], ks: list[int]) -> dict | None:
+    """A uniform guesser's pass@k on a suite (pass@k = 1 - (1 - q)^k per problem, then the mean),
+    or None when any task's answers cannot be enumerated."""
+    qs = [guess_rate(t) for t in tasks]
+    if not qs or any(q is None for q in qs):
+        return None
+    qs = np.array(qs)
+    out = {}
+    for k in ks:
+        per_problem = 1.0 - (1.0 - qs) ** k
+        out[f"pass@{k}"] = float(per_problem.mean())
+        out[f"pass@{k}_se"] = standard_error(per_problem)
+    return out
+
+
 def count_correct(scores, threshold: float = CORRECT_THRESHOLD) -> int:
     """Correct samples: score >= threshold (1.0 by default, i.e. score == 1.0)."""
     return int(np.sum(np.asarray(scores, dtype=float) >= threshold))
@@ -541,6 +613,15 @@ def rollout_sampler(path: str, cfg: Config, max_tokens: int):
     return make_generate_fn(engine, engine.tokenizer, cfg, max_tokens), engine.close
 
 
+def config_suites(cfg: Config) -> dict[str, list[dict]]:
+    """--suites, or the embedded default's held-out suites (minus any question seen in training)."""
+    if cfg.suites:
+        return load_suites(cfg.suites)
+    import embedded
+
+    return embedded.mini_eval_suites(n=cfg.problems or embedded.EVAL_N)
+
+
 def evaluate(cfg: Config, suites: dict[str, list[dict]] | None = None,
              sampler_factory=rollout_sampler, score_fn=None) -> dict:
     """Sample (through the cache), score and summarise every checkpoint x suite.
@@ -549,11 +630,7 @@ def evaluate(cfg: Config, suites: dict[str, list[dict]] | None = None,
     checkpoint with uncached tasks, and close() runs before the next checkpoint starts.
     """
     paths = cfg.checkpoints or default_checkpoints()
-    if suites is None and not cfg.suites:
-        import embedded  # the embedded default's held-out suites, minus any question seen in training
-
-        suites = embedded.mini_eval_suites(n=cfg.problems or embedded.EVAL_N)
-    suites = suites if suites is not None else load_suites(cfg.suites)
+    suites = suites if suites is not None else config_suites(cfg)
     score_fn = score_fn or (lambda texts, tasks: rewards.score_batch(
         texts, tasks, workers=cfg.workers, allow_unsafe_code=cfg.allow_unsafe_code))
     max_tokens = cfg.max_tokens or default_max_tokens()
@@ -588,6 +665,7 @@ def evaluate(cfg: Config, suites: dict[str, list[dict]] | None = None,
         finally:
             if close is not None:
                 close()  # one engine per checkpoint: free its KV cache before the next starts
+    results["chance"] = {s: c for s, tasks in suites.items() if (c := chance_metrics(tasks, ks)) is not None}
     results["regime_params"] = {"margin": cfg.regime_margin, "plateau_frac": cfg.plateau_frac}
     results["regimes"] = classify_suites(results, cfg.regime_margin, cfg.plateau_frac)
     return results
@@ -796,6 +874,13 @@ def plot_graph_color(results: dict, out_dir: str) -> str | None:
             ax.plot(list(sizes), ys, marker="o", ms=3, label=c)
             ax.set(xlabel="vertices", ylabel=key, title=f"graph_color {key}", ylim=(-0.02, 1.02))
             ax.grid(alpha=0.3)
+    chance = results.get("chance") or {}
+    if all(s in chance for s in sizes.values()):
+        payload["chance"] = {}
+        for ax, key in zip(axes, ("pass@1", f"pass@{k}")):
+            ys = [chance[s][key] for s in sizes.values()]
+            payload["chance"][key] = ys
+            ax.plot(list(sizes), ys, color="black", ls="--", lw=1, label="chance (uniform guess)")
     axes[0].legend(fontsize=7)
     return _save(fig, payload, out_dir, "graph_color")
 
@@ -960,7 +1045,10 @@ def _pct_se(r: dict, key: str) -> str:
 def summary_table(results: dict) -> str:
     """Markdown: per suite, pass@1 and pass@K (%) of each checkpoint, and the regime."""
     ckpts, regimes = results["checkpoints"], results.get("regimes") or {}
+    chance = results.get("chance") or {}
     head = ["suite", "problems", "K"] + [f"{c} {m}" for c in ckpts for m in ("pass@1", "pass@K")]
+    if chance:
+        head += ["chance pass@1", "chance pass@K"]
     if regimes:
         head += ["newly solved", "lost", "regime"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -970,6 +1058,8 @@ def summary_table(results: dict) -> str:
         for c in ckpts:
             r = results["results"][c][s]
             row += [_pct_se(r, "pass@1"), _pct_se(r, f"pass@{k}")]
+        if chance:
+            row += [f"{100 * chance[s]['pass@1']:.1f}", f"{100 * chance[s][f'pass@{k}']:.1f}"] if s in chance else ["-", "-"]
         if regimes:
             r = regimes.get(s, {})
             row += [str(r.get("newly_solved", "")), str(r.get("lost", "")), r.get("regime", "")]
@@ -979,6 +1069,9 @@ def summary_table(results: dict) -> str:
     lines.append(f"pass@k in % ± its standard error over the suite's problems, n = {results.get('n')} samples per problem, T = "
                  f"{samp.get('temperature')}, top-p = {samp.get('top_p')}, max tokens = "
                  f"{samp.get('max_tokens')}; correct = score >= {results.get('correct_threshold')}.")
+    if chance:
+        lines.append("chance: a uniform random answer per sample (graph_color: a random colour per vertex), "
+                     "pass@k = 1 - (1 - q)^k with q = proper colourings / colours^vertices, counted exactly.")
     if regimes:
         lines.append(f"newly solved / lost: problems {ckpts[-1]} solves at least once and {ckpts[0]} never "
                      "does, and the reverse. Regime rule: " + REGIME_RULE + ".")

@@ -194,7 +194,8 @@ def test_evaluate_starts_an_engine_only_for_checkpoints_with_uncached_tasks(tmp_
         (d / "config.json").write_text("{}")
         ckpts.append(str(d))
     cfg = ev.Config(checkpoints=ckpts, passk=4, max_tokens=64, out=str(tmp_path / "eval"))
-    suites = {"graph_color_v4": make_tasks(3, "g"), "boxnet": make_tasks(2, "b")}
+    suites = {"graph_color_v4": make_tasks(3, "g"), "boxnet": make_tasks(2, "b"),
+              "triangles": [graph_color_task(range(3), [(0, 1), (1, 2), (0, 2)])]}
     started, closed = [], []
 
     def factory(path, cfg, max_tokens):
@@ -207,6 +208,8 @@ def test_evaluate_starts_an_engine_only_for_checkpoints_with_uncached_tasks(tmp_
     assert res["results"]["step_10"]["boxnet"]["pass@1"] == pytest.approx(0.5)   # 2 of 4 even samples
     assert res["results"]["step_10"]["boxnet"]["pass@4"] == 1.0
     assert res["regimes"]["boxnet"]["regime"] == "plateau"                       # identical checkpoints
+    # a chance baseline only where every answer space can be enumerated (make_tasks are not real graphs)
+    assert list(res["chance"]) == ["triangles"] and res["chance"]["triangles"]["pass@1"] == pytest.approx(6 / 27)
 
     def no_engine(path, cfg, max_tokens):
         raise AssertionError("engine started although everything is cached")
@@ -435,3 +438,75 @@ def test_standard_errors_are_refilled_for_old_results_files():
 def test_trailing_mean_by_hand():
     assert ev.trailing_mean([1.0, 3.0, 5.0, 7.0], 2) == pytest.approx([1.0, 2.0, 4.0, 6.0])
     assert ev.trailing_mean([2.0, 4.0], 10) == pytest.approx([2.0, 3.0])
+
+
+# --------------------------------------------------------------------------- chance baseline
+def brute_force_colorings(n, edges, k):
+    return sum(all(c[u] != c[v] for u, v in edges) for c in itertools.product(range(k), repeat=n))
+
+
+def test_count_proper_colorings_known_answers():
+    triangle, path3 = [(0, 1), (1, 2), (0, 2)], [(0, 1), (1, 2)]
+    k4 = list(itertools.combinations(range(4), 2))
+    assert ev.count_proper_colorings(3, triangle, 3) == 6  # 3!
+    assert ev.count_proper_colorings(3, path3, 3) == 3 * 2 * 2
+    assert ev.count_proper_colorings(4, [], 3) == 81  # no edges: every colouring
+    assert ev.count_proper_colorings(4, k4, 3) == 0  # K4 needs 4 colours
+    assert ev.count_proper_colorings(4, k4, 4) == 24
+    # a cycle C_n: chromatic polynomial (k-1)^n + (-1)^n (k-1)
+    for n in range(3, 9):
+        cycle = [(i, (i + 1) % n) for i in range(n)]
+        assert ev.count_proper_colorings(n, cycle, 3) == 2**n + (-1) ** n * 2
+    assert ev.count_proper_colorings(2, [(1, 1)], 3) == 0  # a self-loop
+    assert ev.count_proper_colorings(0, [], 3) == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 7), k=st.integers(1, 4), data=st.data())
+def test_count_proper_colorings_equals_enumeration(n, k, data):
+    pairs = [(u, v) for u in range(n) for v in range(u + 1, n)]
+    edges = data.draw(st.lists(st.sampled_from(pairs), unique=True) if pairs else st.just([]))
+    edges = [(v, u) if data.draw(st.booleans()) else (u, v) for u, v in edges]  # either orientation
+    assert ev.count_proper_colorings(n, edges, k) == brute_force_colorings(n, edges, k)
+
+
+def graph_color_task(vertices, edges, colors=(1, 2, 3)):
+    puzzle = {"vertices": list(vertices), "edges": [list(e) for e in edges], "color_options": list(colors)}
+    return {"id": "gc", "domain": "logic", "prompt": [{"role": "user", "content": "colour it"}], "rg_task": "graph_color",
+            "rg_entry": {"metadata": {"puzzle": puzzle}}}
+
+
+def test_chance_metrics_of_a_uniform_guesser_by_hand():
+    triangle = graph_color_task(range(3), [(0, 1), (1, 2), (0, 2)])  # q = 6 / 27
+    edgeless = graph_color_task(range(2), [])  # q = 1
+    assert ev.guess_rate(triangle) == pytest.approx(6 / 27)
+    assert ev.guess_rate({"id": "x", "rg_task": "chain_sum"}) is None
+    m = ev.chance_metrics([triangle, edgeless], [1, 4])
+    q = 6 / 27
+    assert m["pass@1"] == pytest.approx((q + 1) / 2)
+    assert m["pass@4"] == pytest.approx((1 - (1 - q) ** 4 + 1) / 2)
+    assert m["pass@4_se"] == pytest.approx(abs(1 - (1 - q) ** 4 - 1) / 2)  # std (ddof 1) of 2 values / sqrt 2
+    assert ev.chance_metrics([triangle, {"id": "x", "rg_task": "chain_sum"}], [1]) is None
+
+
+def test_chance_of_real_reasoning_gym_graphs_matches_enumeration():
+    import data
+
+    for task in data.reasoning_gym_tasks("graph_color", 5, 0, min_num_vertices=5, max_num_vertices=6,
+                                         num_colors=3, edge_probability=0.3):
+        puzzle = task["rg_entry"]["metadata"]["puzzle"]
+        n = len(puzzle["vertices"])
+        assert ev.guess_rate(task) == pytest.approx(brute_force_colorings(n, puzzle["edges"], 3) / 3**n)
+        assert ev.guess_rate(task) > 0  # Reasoning Gym's graphs are colourable
+
+
+def test_summary_table_and_graph_color_figure_show_chance(tmp_path):
+    res = crafted_results()
+    res["chance"] = {"graph_color_v4": {"pass@1": 0.25, "pass@8": 0.9}, "graph_color_v8": {"pass@1": 0.05, "pass@8": 0.33}}
+    lines = ev.summary_table(res).splitlines()
+    assert lines[0].endswith("| chance pass@1 | chance pass@K | newly solved | lost | regime |")
+    assert next(x for x in lines if x.startswith("| graph_color_v8 ")).endswith("| 5.0 | 33.0 | 2 | 0 | sustained |")
+    assert "| - | - |" in next(x for x in lines if x.startswith("| chain_sum "))
+    ev.plot_graph_color(res, str(tmp_path))
+    gc = json.loads((tmp_path / "graph_color.json").read_text())
+    assert gc["chance"] == {"pass@1": [0.25, 0.05], "pass@8": [0.9, 0.33]}
