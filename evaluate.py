@@ -29,7 +29,8 @@ the figures (PNG, each with its data as JSON beside it) and <out>/summary.md:
     regimes            pass@K across checkpoints, one panel per regime (rule below)
     gain_vs_base       base pass@K vs the final's gain in pass@K per suite, fitted line, Pearson r
     pass1_hist         per-problem pass@1 distribution per suite, base vs final
-    graph_color        pass@1 and pass@K vs vertex count (suites graph_color_v<N>), trained sizes shaded
+    graph_color        pass@1 and pass@K vs vertex count (suites graph_color_v<N>), trained sizes shaded,
+                       the chance baseline dashed
     boxnet             pass@1 and pass@K bars per checkpoint (suites boxnet*)
     training_dynamics  reward, entropy, KL, response length, val/* from train.py's metrics.jsonl,
                        dashed lines at reference resets
@@ -343,7 +344,7 @@ def count_proper_colorings(num_vertices: int, edges, num_colors: int) -> int:
 
     Vertices are added in order 0..n-1; the state is the colours of the "frontier" (added vertices
     that still have a neighbour to come), so the work grows with the frontier, not with n:
-    3^frontier states at most, against 3^n for enumerating every colouring."""
+    num_colors^|frontier| states at most, against num_colors^n for enumerating every colouring."""
     later = [set() for _ in range(num_vertices)]  # neighbours with a larger index
     earlier = [set() for _ in range(num_vertices)]
     for u, v in edges:
