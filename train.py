@@ -32,7 +32,7 @@ Where we depart from ProRL / verl (and why):
     then the job is requeued through submitit; the requeued job resumes from that checkpoint.
 
 Run:
-    python train.py                                   # embedded default: a small model on CPU, ~19 min
+    python train.py                                   # embedded default: a small model on CPU, ~20 min
     python train.py --steps 2 --out out/smoke         # a 2-step smoke run
     python train.py --resume                          # continue from the newest complete checkpoint
     torchrun --nproc_per_node 2 train.py              # N local processes (gloo on CPU, nccl on GPU)
@@ -825,6 +825,16 @@ def _load_full_state(model, sd: dict[str, torch.Tensor]) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Slurm through submitit: `python train.py --nodes 4 ...` submits SlurmJob(cfg); each task runs train().
+def train_and_close(cfg: Config) -> dict:
+    """train(), then destroy the process group setup_distributed made, also when train() raises or exits:
+    gloo threads still running at interpreter exit can abort the process (SIGABRT)."""
+    try:
+        return train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 class SlurmJob:
     """The callable submitit pickles. Checkpointable: on requeue it runs again and resumes."""
 
@@ -837,11 +847,7 @@ class SlurmJob:
         env = submitit.JobEnvironment()
         os.environ.update(RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
                           MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(20000 + int(str(env.job_id).split("_")[0]) % 20000))
-        try:
-            return train(dataclasses.replace(self.cfg, resume=True))  # a requeued job continues its checkpoints
-        finally:  # gloo threads still running at interpreter exit can abort the process (SIGABRT)
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        return train_and_close(dataclasses.replace(self.cfg, resume=True))  # a requeued job continues its checkpoints
 
     def checkpoint(self):  # called by submitit on rank 0 after our own checkpoint is written (StopFlag)
         import submitit
@@ -877,11 +883,7 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     if cfg.nodes > 0:
         return submit(cfg)
-    try:
-        train(cfg)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    train_and_close(cfg)
     return 0
 
 

@@ -312,3 +312,17 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_model_dir, task_fil
         wa = load_file(full / "checkpoints" / f"step_{steps:06d}" / name)
         wb = load_file(cut / "checkpoints" / f"step_{steps:06d}" / name)
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
+def test_train_and_close_destroys_the_process_group_even_when_train_raises(monkeypatch):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+    def boom(cfg):
+        raise RuntimeError("step failed")
+
+    monkeypatch.setattr(train, "train", boom)
+    with pytest.raises(RuntimeError, match="step failed"):
+        train.train_and_close(train.Config())
+    assert not dist.is_initialized()  # left initialised, gloo's threads can abort the interpreter at exit
