@@ -358,16 +358,16 @@ def count_proper_colorings(num_vertices: int, edges, num_colors: int) -> int:
     for v in range(num_vertices):
         grown = frontier + (v,)
         keep = tuple(u for u in grown if any(w > v for w in later[u]))
-        pos = {u: i for i, u in enumerate(frontier)}
+        neighbours = [frontier.index(u) for u in earlier[v]]  # every earlier neighbour is in the frontier
+        kept = [grown.index(u) for u in keep]  # positions in (frontier colours + v's colour)
         new_counts: dict[tuple[int, ...], int] = {}
         for colors, count in counts.items():
-            taken = {colors[pos[u]] for u in earlier[v]}  # every earlier neighbour is in the frontier
+            taken = {colors[i] for i in neighbours}
             for c in range(num_colors):
-                if c in taken:
-                    continue
-                full = dict(zip(grown, colors + (c,)))
-                key = tuple(full[u] for u in keep)
-                new_counts[key] = new_counts.get(key, 0) + count
+                if c not in taken:
+                    grown_colors = colors + (c,)
+                    key = tuple(grown_colors[i] for i in kept)
+                    new_counts[key] = new_counts.get(key, 0) + count
         frontier, counts = keep, new_counts
     return sum(counts.values())
 
