@@ -32,7 +32,9 @@ Task schema (a plain dict; rewards.py consumes exactly these fields)
                                                 {"assert": str}   (python run after the program)
               optional "fn_name": str (call-based problems; informational), "time_limit": float seconds
       logic   "rg_task": str (Reasoning Gym dataset name), "rg_entry": dict (question, answer, metadata),
-              made JSON-serialisable: tuples -> lists, sets -> sorted lists, non-str keys -> str
+              made JSON-serialisable: tuples -> lists, sets -> sorted lists, non-str keys -> str;
+              optional "exact_vertices": true (graph_color only; spec option exact_vertices=true): the
+              answer must colour exactly the puzzle's vertices, no extra keys (rewards.py says why)
       ifeval  "instruction_id_list": list[str] (IFEval ids, e.g. "length_constraints:number_words"),
               "kwargs": list[dict] (IFEval argument names, one dict per id, None-valued args removed)
     meta     dict  free-form (row number, difficulty, size, ...); never read by the verifiers.
@@ -265,6 +267,8 @@ def validate_task(task: Any, where: str = "task") -> dict:
     if d == "logic":
         if not isinstance(task.get("rg_task"), str) or not isinstance(task.get("rg_entry"), dict):
             raise ValueError(f"{where}: logic task needs str 'rg_task' and dict 'rg_entry'")
+        if "exact_vertices" in task and (task["exact_vertices"] not in (True, False) or task["rg_task"] != "graph_color"):
+            raise ValueError(f"{where}: 'exact_vertices' is a bool and applies to rg_task graph_color only")
     if d == "ifeval":
         ids, kwargs = task.get("instruction_id_list"), task.get("kwargs")
         if not _is_str_list(ids) or not isinstance(kwargs, list) or len(ids) != len(kwargs):
@@ -658,10 +662,14 @@ def _cfg_tag(cfg: dict) -> str:
 
 
 def reasoning_gym_tasks(name: str, n: int, seed: int, *, id_tag: str | None = None, **cfg: Any) -> list[dict]:
-    """n Reasoning Gym tasks of dataset `name` with per-task settings `cfg` (fields of its RG config)."""
+    """n Reasoning Gym tasks of dataset `name` with per-task settings `cfg` (fields of its RG config, and
+    for graph_color exact_vertices: the answer's keys must be exactly the vertices, see the schema above)."""
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
+    exact_vertices = cfg.pop("exact_vertices", False)
+    if not isinstance(exact_vertices, bool) or (exact_vertices and name != "graph_color"):
+        raise ValueError(f"rg:{name}: exact_vertices={exact_vertices!r}; it is true or false, and graph_color only")
     if name not in DATASETS:
         close = difflib.get_close_matches(name, DATASETS, n=3)
         raise ValueError(
@@ -677,7 +685,7 @@ def reasoning_gym_tasks(name: str, n: int, seed: int, *, id_tag: str | None = No
         ds = reasoning_gym.create_dataset(name, seed=seed, size=n, **cfg)
     except (AssertionError, TypeError, ValueError) as e:
         raise ValueError(f"rg:{name}: invalid settings {cfg}: {e!r}") from e
-    tag = id_tag or _cfg_tag(cfg)
+    tag = (id_tag or _cfg_tag(cfg)) + ("-exact" if exact_vertices else "")  # other scores: other ids
     tasks = []
     for i, entry in enumerate(ds):
         rg_entry = jsonable(entry)
@@ -699,6 +707,7 @@ def reasoning_gym_tasks(name: str, n: int, seed: int, *, id_tag: str | None = No
                 "rg_task": name,
                 "rg_entry": rg_entry,
                 "meta": {"rg_config": jsonable(cfg), "difficulty": rg_entry["metadata"].get("difficulty")},
+                **({"exact_vertices": True} if exact_vertices else {}),
             }
         )
     return tasks

