@@ -222,6 +222,25 @@ def test_warm_start_tasks_add_a_few_larger_graphs_that_rl_never_sees():
     assert min(E.SFT_LARGE_VERTICES) > max(E.TRAIN_VERTICES)  # RL's sizes and the extra sizes do not overlap
 
 
+def test_exact_vertices_changes_scoring_but_no_build_fingerprint(monkeypatch):
+    strict = [(name, {**cfg, "exact_vertices": True} if name == "graph_color" else cfg) for name, cfg in E.MINI_TASKS]
+    lenient = [(name, {k: v for k, v in cfg.items() if k != "exact_vertices"}) for name, cfg in E.MINI_TASKS]
+    prints = []
+    for tasks in (strict, lenient):
+        monkeypatch.setattr(E, "MINI_TASKS", tasks)
+        prints.append(E._fingerprint(stage="warmstart", steps=1))
+    assert prints[0] == prints[1]  # flipping EXACT_VERTICES reuses the cached tokenizer, model and warm start
+    monkeypatch.setattr(E, "MINI_TASKS", [(n, {**c, "edge_probability": 0.5}) for n, c in lenient])
+    assert E._fingerprint(stage="warmstart", steps=1) != prints[0]  # a real task change still rebuilds
+    # the option reaches the tasks: a strict default scores an over-long answer wrong
+    task = data.reasoning_gym_tasks("graph_color", 1, 0, **dict(strict)["graph_color"])[0]
+    n = len(task["rg_entry"]["metadata"]["puzzle"]["vertices"])
+    answer = json.dumps({str(v): c for v, c in E.color_graph(n, task["rg_entry"]["metadata"]["puzzle"]["edges"], [1, 2, 3]).items()})
+    assert rewards.score_details(f"<answer>{answer}</answer>", task)[0] == 1.0
+    longer = json.dumps({**json.loads(answer), str(n): 1})
+    assert rewards.score_details(f"<answer>{longer}</answer>", task)[0] < 1.0
+
+
 @pytest.mark.slow
 def test_eval_suites_are_held_out_and_cover_larger_graphs():
     suites = E.mini_eval_suites(n=30)
