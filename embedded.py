@@ -75,7 +75,7 @@ SFT_LARGE_N = 1000
 # every 4- and 5-vertex graph it colours properly, and RL on 4-6 vertices learns to write too many (after the
 # default's 120 steps, 80% of the answers to 4-vertex graphs list 5 vertices). True scores such answers wrong
 # (data.py's exact_vertices; for RL, validation and evaluation alike). Off: the README's runs use RG's rule,
-# and turning it on (follow-up E6) did not make RL transfer to larger graphs.
+# and turning it on (follow-ups E6, E7 in the README) did not make RL transfer to larger graphs.
 EXACT_VERTICES = False
 GRAPH_COLOR = {"num_colors": NUM_COLORS, "edge_probability": EDGE_PROBABILITY,
                **({"exact_vertices": True} if EXACT_VERTICES else {})}

@@ -280,7 +280,7 @@ def test_graph_color_exact_vertices_rejects_colouring_vertices_the_graph_lacks()
         assert rewards.score_details(text, lenient)[0] == want_lenient, answer
         assert rewards.score_details(text, strict)[0] == want_strict, answer
     assert rewards.score_details('<answer>{"0": 1, "1": 1, "2": 1, "3": 2, "7": 1}</answer>', strict)[1]["reason"] == "vertex_set"
-    # integer keys name the same vertices as string keys (Reasoning Gym's own reading)
+    # JSON keys are strings, the puzzle's vertices ints: they compare as strings (Reasoning Gym's own reading)
     assert rewards.colours_exactly_the_vertices('{"0": 1, "1": 1, "2": 1, "3": 2}', entry)
     assert not rewards.colours_exactly_the_vertices("[1, 1, 1, 2]", entry)
     assert not rewards.colours_exactly_the_vertices("{not json", entry)
