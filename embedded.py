@@ -22,7 +22,8 @@ The SFT objective is the usual next-token cross-entropy on completion tokens onl
 The tasks are Reasoning Gym procedural puzzles (ProRL's logic domain, §3.3): graph_color trained at
 TRAIN_VERTICES (ProRL trains at 10 vertices and tests 10..20, §4 OOD figure; RL here trains at 4-6 and
 we test 6..10), plus two short-answer arithmetic tasks. Every worked solution is a short <think> trace and an
-<answer>; graph_color's trace is a greedy colouring (with backtracking) written out vertex by vertex.
+<answer>; graph_color's trace is the greedy colouring written out vertex by vertex, in one of two
+forms (GRAPH_COLOR_TRACES).
 
 Where we depart from ProRL: the base model is ours, tiny and trained for minutes, not a distilled 1.5B
 reasoning model; the data is 3 Reasoning Gym tasks instead of 136K prompts in 5 domains; sequences are
@@ -77,6 +78,17 @@ SFT_LARGE_N = 1000
 # (data.py's exact_vertices; for RL, validation and evaluation alike). Off: the README's runs use RG's rule,
 # and turning it on (follow-ups E6, E7 in the README) did not make RL transfer to larger graphs.
 EXACT_VERTICES = False
+# The form of graph_color's worked solution (one line per vertex, greedy in vertex order):
+#   "neighbours": the vertex's earlier neighbours with their colours, then its colour ("6:0=1 3=1 5=2>3"). To
+#       write it, the model must gather edges that end at the vertex, scattered through the prompt's edge list.
+#   "marks": the vertex's colour, then each later neighbour marked with it ("3=1 4/1 5/1"). The marks copy one
+#       contiguous run of the prompt's edge list, and a vertex's colour is the smallest one no "v/c" mark above
+#       it forbids: every line is the same local step at any graph size. Follow-up E8 in the README: with 2000
+#       warm-start steps (SFT_STEPS is 600), the first configuration in which RL on 4-6 vertices lifts pass@1
+#       at 7 and 8 vertices (three seeds of three; up to chance, not past it). Not the default: the longer
+#       warm start breaks the 20-minute budget.
+GRAPH_COLOR_TRACES = ("neighbours", "marks")
+GRAPH_COLOR_TRACE = "neighbours"
 GRAPH_COLOR = {"num_colors": NUM_COLORS, "edge_probability": EDGE_PROBABILITY,
                **({"exact_vertices": True} if EXACT_VERTICES else {})}
 MINI_TASKS: list[tuple[str, dict]] = [
@@ -146,7 +158,11 @@ def color_graph(num_vertices: int, edges: list, colors: list[int]) -> dict[int, 
     return dict(coloring) if place(0) else None
 
 
-def _graph_color_steps(entry: dict) -> tuple[str, str]:
+def _graph_color_steps(entry: dict, trace: str = GRAPH_COLOR_TRACE) -> tuple[str, str]:
+    """(think, answer) for a graph_color entry. The colouring is greedy in vertex order (RG only emits graphs
+    it colours that way), written as one line per vertex in one of GRAPH_COLOR_TRACES' forms."""
+    if trace not in GRAPH_COLOR_TRACES:
+        raise ValueError(f"graph_color trace {trace!r}: known traces {GRAPH_COLOR_TRACES}")
     puzzle = entry["metadata"]["puzzle"]
     n = len(puzzle["vertices"])
     edges = [tuple(e) for e in puzzle["edges"]]
@@ -155,10 +171,17 @@ def _graph_color_steps(entry: dict) -> tuple[str, str]:
         raise ValueError(f"graph_color entry {entry['metadata'].get('source_index')}: no {puzzle['num_colors']}-colouring")
     lines = []
     for v in range(n):
-        # one line per vertex: its earlier neighbours with their colours, then its colour ("7:2=2 5=2 6=1>3")
-        earlier = sorted({u for e in edges for u in e if v in e and u < v})
-        seen = " ".join(f"{u}={coloring[u]}" for u in earlier)
-        lines.append(f"{v}:{seen}>{coloring[v]}")
+        if trace == "neighbours":
+            # its earlier neighbours with their colours, then its colour ("7:2=2 5=2 6=1>3")
+            earlier = sorted({u for e in edges for u in e if v in e and u < v})
+            seen = " ".join(f"{u}={coloring[u]}" for u in earlier)
+            lines.append(f"{v}:{seen}>{coloring[v]}")
+        else:  # "marks"
+            # its colour, then every later neighbour marked with that colour ("3=2 5/2 7/2"): the marks copy
+            # the prompt's run of edges "(3, 5), (3, 7)" (RG lists each edge (u, w) with u < w, sorted), and a
+            # vertex's colour is the smallest one that no mark "v/c" above it forbids
+            later = [w for u, w in edges if u == v]
+            lines.append(f"{v}={coloring[v]}" + "".join(f" {w}/{coloring[v]}" for w in later))
     # compact JSON (no spaces): json.loads reads it and it saves a token per vertex
     return "\n".join(lines), json.dumps({str(v): coloring[v] for v in range(n)}, separators=(",", ":"))
 
@@ -186,12 +209,16 @@ def _leg_counting_steps(entry: dict) -> tuple[str, str]:
 SOLVERS = {"graph_color": _graph_color_steps, "chain_sum": _chain_sum_steps, "leg_counting": _leg_counting_steps}
 
 
-def worked_solution(task: dict) -> str:
-    """The SFT target for a Reasoning Gym task of MINI_TASKS: "<think>\\n...\\n</think>\\n<answer>...</answer>"."""
+def worked_solution(task: dict, graph_color_trace: str = GRAPH_COLOR_TRACE) -> str:
+    """The SFT target for a Reasoning Gym task of MINI_TASKS: "<think>\\n...\\n</think>\\n<answer>...</answer>".
+    graph_color_trace: the form of graph_color's trace, one of GRAPH_COLOR_TRACES."""
     name = task.get("rg_task")
     if name not in SOLVERS:
         raise ValueError(f"worked_solution: task {task.get('id')!r} is rg_task={name!r}; solvers exist for {sorted(SOLVERS)}")
-    think, answer = SOLVERS[name](task["rg_entry"])
+    if name == "graph_color":
+        think, answer = SOLVERS[name](task["rg_entry"], trace=graph_color_trace)
+    else:
+        think, answer = SOLVERS[name](task["rg_entry"])
     return f"<think>\n{think}\n</think>\n<answer>{answer}</answer>"
 
 
@@ -230,13 +257,13 @@ def sft_tasks(n: int, seed: int, n_large: int = SFT_LARGE_N) -> list[dict]:
     return mini_tasks(n, seed) + large
 
 
-def _corpus(tasks: list[dict]):
+def _corpus(tasks: list[dict], graph_color_trace: str):
     # Special tokens split the text before BPE sees it, so train on exactly the pieces between them.
     split = re.compile("|".join(re.escape(s) for s in SPECIAL_TOKENS))
     for task in tasks:
         prompt = render_chat(data._with_instruction(task["prompt"], data.domain_instruction(task)))
         yield from (piece for piece in split.split(prompt) if piece)
-        yield worked_solution(task)
+        yield worked_solution(task, graph_color_trace)
 
 
 def prompt_phrases(tasks: list[dict]) -> list[str]:
@@ -258,7 +285,8 @@ def prompt_phrases(tasks: list[dict]) -> list[str]:
     return phrases
 
 
-def build_tokenizer(out_dir: str | Path, seed: int = 0, vocab_size: int = VOCAB_SIZE, corpus_n: int = TOKENIZER_CORPUS_N):
+def build_tokenizer(out_dir: str | Path, seed: int = 0, vocab_size: int = VOCAB_SIZE, corpus_n: int = TOKENIZER_CORPUS_N,
+                    graph_color_trace: str = GRAPH_COLOR_TRACE):
     """Train a byte-level BPE on the miniature's prompts and worked solutions; save and return it as a
     transformers PreTrainedTokenizerFast (eos <|im_end|>, pad/bos <|endoftext|>, CHAT_TEMPLATE)."""
     from tokenizers import (
@@ -292,7 +320,7 @@ def build_tokenizer(out_dir: str | Path, seed: int = 0, vocab_size: int = VOCAB_
         show_progress=False,
     )
     tasks = mini_tasks(corpus_n, SFT_DATA_SEED + seed)
-    tok.train_from_iterator(_corpus(tasks), trainer=trainer)
+    tok.train_from_iterator(_corpus(tasks, graph_color_trace), trainer=trainer)
     # Each task's fixed prompt text (its question's opening and the closing instructions) becomes ONE token:
     # Qwen2's pre-tokenizer would spend a token per word on it (~90 of a 150-token graph_color prompt), and
     # prompt tokens are CPU time in every RL forward pass. Added tokens are matched before pre-tokenization
@@ -347,12 +375,14 @@ SFT_GRAD_CLIP = 1.0
 SFT_LENGTH_GROUPS = 4  # draw this many batches at once and group them by length: less padding
 
 
-def sft_examples(tokenizer, tasks: list[dict]) -> list[tuple[list[int], list[int]]]:
+def sft_examples(tokenizer, tasks: list[dict],
+                 graph_color_trace: str = GRAPH_COLOR_TRACE) -> list[tuple[list[int], list[int]]]:
     """(prompt_ids, completion_ids + eos) per task; the prompt is exactly what rollouts will see."""
     out = []
     for task in tasks:
         prompt = tokenizer.encode(data.format_prompt(task, tokenizer), add_special_tokens=False)
-        completion = tokenizer.encode(worked_solution(task), add_special_tokens=False) + [tokenizer.eos_token_id]
+        completion = tokenizer.encode(worked_solution(task, graph_color_trace), add_special_tokens=False)
+        completion.append(tokenizer.eos_token_id)
         out.append((prompt, completion))
     return out
 
@@ -387,7 +417,7 @@ def sft_loss(model, batch) -> torch.Tensor:
 
 def warm_start(out_dir: str | Path, base_dir: str | Path, steps: int = SFT_STEPS, batch_size: int = SFT_BATCH,
                lr: float = SFT_LR, n_per_task: int = SFT_N, seed: int = 0,
-               n_large: int = SFT_LARGE_N) -> tuple[Path, list[float]]:
+               n_large: int = SFT_LARGE_N, graph_color_trace: str = GRAPH_COLOR_TRACE) -> tuple[Path, list[float]]:
     """Supervised fine-tuning of base_dir on worked solutions; saves model + tokenizer to out_dir.
     Returns (out_dir, per-step losses)."""
     from tqdm import tqdm
@@ -396,7 +426,7 @@ def warm_start(out_dir: str | Path, base_dir: str | Path, steps: int = SFT_STEPS
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     model = Qwen2ForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    examples = sft_examples(tokenizer, sft_tasks(n_per_task, SFT_DATA_SEED + seed, n_large))
+    examples = sft_examples(tokenizer, sft_tasks(n_per_task, SFT_DATA_SEED + seed, n_large), graph_color_trace)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / SFT_WARMUP))
     batches = sft_batches(examples, batch_size, seed)
@@ -447,28 +477,33 @@ def _build(path: Path, fingerprint: str, what: str, fn) -> None:
     log.info("built %s in %s (%.0f s)", what, path, time.time() - start)
 
 
-def ensure_base(out_root: str | Path = "out/mini", seed: int = 0, size: str = "mini", sft_steps: int = SFT_STEPS) -> str:
+def ensure_base(out_root: str | Path = "out/mini", seed: int = 0, size: str = "mini", sft_steps: int = SFT_STEPS,
+                graph_color_trace: str = GRAPH_COLOR_TRACE) -> str:
     """Tokenizer, random-init model and warm start under out_root (each rebuilt only when its settings change).
     Returns the warm-start directory: the policy train.py starts from."""
     from transformers import AutoTokenizer
 
     root = Path(out_root)
     tok_dir, base_dir, warm_dir = root / "tokenizer", root / "base", root / "warmstart"
+    if graph_color_trace not in GRAPH_COLOR_TRACES:
+        raise ValueError(f"ensure_base: graph_color_trace={graph_color_trace!r}; known traces {GRAPH_COLOR_TRACES}")
     # The builders' source is part of the fingerprint: a changed tokenizer recipe rebuilds everything after it.
+    # The trace shapes the tokenizer's corpus and the warm start's targets, so it starts the chain.
     tok_fp = _fingerprint(stage="tokenizer", seed=seed, vocab=VOCAB_SIZE, template=CHAT_TEMPLATE,
-                          code=inspect.getsource(build_tokenizer) + inspect.getsource(prompt_phrases))
+                          trace=graph_color_trace, code=inspect.getsource(build_tokenizer) + inspect.getsource(prompt_phrases))
     base_fp = _fingerprint(stage="base", tok=tok_fp, size=MODEL_SIZES[size], seed=seed, pos=MAX_POSITION_EMBEDDINGS)
     warm_fp = _fingerprint(stage="warmstart", base=base_fp, steps=sft_steps, batch=SFT_BATCH, lr=SFT_LR,
                            n=SFT_N, warmup=SFT_WARMUP, seed=seed, large=[SFT_LARGE_VERTICES, SFT_LARGE_N])
     if not _cached(tok_dir, tok_fp):
-        _build(tok_dir, tok_fp, "tokenizer", lambda d: {"vocab": len(build_tokenizer(d, seed=seed))})
+        _build(tok_dir, tok_fp, "tokenizer",
+               lambda d: {"vocab": len(build_tokenizer(d, seed=seed, graph_color_trace=graph_color_trace))})
     if not _cached(base_dir, base_fp):
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         _build(base_dir, base_fp, "base model",
                lambda d: {"params": sum(p.numel() for p in build_model(d, tokenizer, size, seed).parameters())})
     if not _cached(warm_dir, warm_fp):
         def sft(d):
-            _, losses = warm_start(d, base_dir, steps=sft_steps, seed=seed)
+            _, losses = warm_start(d, base_dir, steps=sft_steps, seed=seed, graph_color_trace=graph_color_trace)
             return {"first_loss": losses[0], "last_loss": losses[-1]}
         _build(warm_dir, warm_fp, "warm start", sft)
     return str(warm_dir)
@@ -510,10 +545,14 @@ def main(argv=None):
     parser.add_argument("--out", default="out/mini")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", default="mini", choices=sorted(MODEL_SIZES))
-    parser.add_argument("--sft-steps", type=int, default=SFT_STEPS)
+    parser.add_argument("--sft-steps", type=int, default=SFT_STEPS, help=f"warm-start steps [{SFT_STEPS}; 2000 in E8]")
+    parser.add_argument("--graph-color-trace", default=GRAPH_COLOR_TRACE, choices=GRAPH_COLOR_TRACES,
+                        help=f"form of graph_color's worked solution (see GRAPH_COLOR_TRACES) "
+                             f"[{GRAPH_COLOR_TRACE}; marks in E8]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    print(ensure_base(args.out, seed=args.seed, size=args.size, sft_steps=args.sft_steps))
+    print(ensure_base(args.out, seed=args.seed, size=args.size, sft_steps=args.sft_steps,
+                      graph_color_trace=args.graph_color_trace))
 
 
 if __name__ == "__main__":

@@ -149,13 +149,14 @@ def test_worked_solution_scores_one(name, cfg):
     from reasoning_gym.utils import extract_answer
 
     tasks = data.reasoning_gym_tasks(name, 40, 7, **cfg)
-    completions = [E.worked_solution(t) for t in tasks]
     rg_score = reasoning_gym.get_score_answer_fn(name)
-    for task, completion in zip(tasks, completions):
-        think, answer = completion.split("</think>")
-        assert think.startswith("<think>\n")
-        assert rg_score(extract_answer(answer), task["rg_entry"]) == 1.0
-    assert rewards.score_batch(completions, tasks, workers=1) == [1.0] * len(tasks)
+    for trace in E.GRAPH_COLOR_TRACES if name == "graph_color" else [E.GRAPH_COLOR_TRACE]:
+        completions = [E.worked_solution(t, trace) for t in tasks]
+        for task, completion in zip(tasks, completions):
+            think, answer = completion.split("</think>")
+            assert think.startswith("<think>\n")
+            assert rg_score(extract_answer(answer), task["rg_entry"]) == 1.0
+        assert rewards.score_batch(completions, tasks, workers=1) == [1.0] * len(tasks)
 
 
 def test_worked_solutions_show_the_steps():
@@ -165,6 +166,66 @@ def test_worked_solutions_show_the_steps():
     assert E.worked_solution(chain).startswith(f"<think>\n{a}{op1}{b}={ab} {ab}{op2}{c}=")
     legs = data.reasoning_gym_tasks("leg_counting", 1, 0, min_animals=2, max_animals=2, max_instances=3)[0]
     assert E.worked_solution(legs).endswith(f"={legs['rg_entry']['answer']}\n</think>\n<answer>{legs['rg_entry']['answer']}</answer>")
+
+
+def test_graph_color_traces_known_graph():
+    # 7 vertices, edges as RG lists them; greedy in vertex order: 0=1 1=1 2=2 3=2 4=2 5=1 6=1
+    edges = [[0, 2], [0, 3], [1, 4], [2, 6], [3, 6]]
+    entry = {"metadata": {"puzzle": {"vertices": list(range(7)), "edges": edges, "color_options": [1, 2, 3],
+                                     "num_colors": 3}}}
+    answer = '{"0":1,"1":1,"2":2,"3":2,"4":2,"5":1,"6":1}'
+    assert E._graph_color_steps(entry, "neighbours") == (
+        "0:>1\n1:>1\n2:0=1>2\n3:0=1>2\n4:1=1>2\n5:>1\n6:2=2 3=2>1", answer)
+    assert E._graph_color_steps(entry, "marks") == (
+        "0=1 2/1 3/1\n1=1 4/1\n2=2 6/2\n3=2 6/2\n4=2\n5=1\n6=1", answer)
+    with pytest.raises(ValueError, match="known traces"):
+        E._graph_color_steps(entry, "edges")
+
+
+@pytest.mark.parametrize("vertices", [4, 7, 10])
+def test_marks_trace_is_the_same_local_step_at_every_size(vertices):
+    """What the "marks" trace promises: each line's marks are the prompt's run of edges (v, w), in the prompt's
+    order, each marked with v's colour, and v's colour is the smallest no mark "v/c" above it forbids."""
+    tasks = data.reasoning_gym_tasks("graph_color", 30, 11, min_num_vertices=vertices, max_num_vertices=vertices,
+                                     **E.GRAPH_COLOR)
+    for task in tasks:
+        puzzle = task["rg_entry"]["metadata"]["puzzle"]
+        think = E.worked_solution(task, "marks").split("\n</think>")[0].removeprefix("<think>\n")
+        lines = think.split("\n")
+        assert len(lines) == vertices
+        forbidden = {v: set() for v in range(vertices)}
+        for v, line in enumerate(lines):
+            head, *marks = line.split(" ")
+            colour = min(c for c in puzzle["color_options"] if c not in forbidden[v])
+            assert head == f"{v}={colour}"
+            assert marks == [f"{w}/{colour}" for u, w in puzzle["edges"] if u == v]
+            assert f"({v}, " not in task["rg_entry"]["question"] or marks  # a vertex with edges has marks
+            for w, _ in (m.split("/") for m in marks):
+                forbidden[int(w)].add(colour)
+
+
+def test_graph_color_trace_is_part_of_the_build_fingerprint(tmp_path, monkeypatch):
+    import transformers
+
+    built = []
+
+    def record(path, fingerprint, what, fn):  # stamp the directory as built, build nothing
+        built.append(what)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / E.STAMP).write_text(json.dumps({"fingerprint": fingerprint}))
+
+    monkeypatch.setattr(E, "_build", record)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", staticmethod(lambda *a, **k: None))
+    everything = ["tokenizer", "base model", "warm start"]
+    E.ensure_base(tmp_path)
+    assert built == everything
+    E.ensure_base(tmp_path, graph_color_trace=E.GRAPH_COLOR_TRACE)
+    assert built == everything  # cached
+    other = next(t for t in E.GRAPH_COLOR_TRACES if t != E.GRAPH_COLOR_TRACE)
+    E.ensure_base(tmp_path, graph_color_trace=other)
+    assert built == everything * 2  # another trace: another tokenizer corpus, so everything is rebuilt
+    with pytest.raises(ValueError, match="graph_color_trace='edges'"):
+        E.ensure_base(tmp_path, graph_color_trace="edges")
 
 
 def test_worked_solution_rejects_other_tasks():
