@@ -54,7 +54,8 @@ def analyse(cache_dir: Path, tasks: dict) -> None:
                 trace = {mm.group(1): int(mm.group(2)) for mm in (re.match(r"(\d+)=(\d)", ln) for ln in lines) if mm}
                 c["answer_is_trace"] += answer == trace
         n, s = c["samples"], max(c["steps"], 1)
-        print(f"v{v}: {n} samples; {c['right_line_count'] / n:.2f} with {v} lines, {c['bad_line'] / n:.2f} with a bad line; "
+        print(f"v{v}: {n} samples; {c['no_think'] / n:.2f} without a <think> block; "
+              f"{c['right_line_count'] / n:.2f} with {v} lines, {c['bad_line'] / n:.2f} with a bad line; "
               f"per vertex line: marks right {c['ok_marks'] / s:.2f}, colour right given the marks above "
               f"{c['ok_colour'] / s:.2f}; answer = trace {c['answer_is_trace'] / n:.2f}")
 
