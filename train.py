@@ -7,6 +7,7 @@ One training step (paper §3, App. E), each phase a named block in `train()`:
     3. reward     verifiers score every sample in [0, 1]                     rewards.score_batch
     4. filter     DAPO dynamic sampling: keep groups whose rewards are not
                   all equal, generate more rounds until the batch is full   grpo.fill_batch
+                  (a round is gen_batch_factor x the batch; verl's gen_batch_size)
     5. advantage  A_i = (r_i - mean(r_group)) / (std(r_group) + eps)         grpo.group_advantages
     6. log-probs  old log-probs of the policy and of the reference policy,
                   both on logits / T                                        grpo.token_logprobs
@@ -107,6 +108,10 @@ class Config:
     kl_kind: str = _f("k3", "KL estimator k1 | k2 | k3 [k3]")
     dynamic_sampling: bool = _f(True, "drop groups whose rewards are all equal and refill (DAPO) [on]")
     max_gen_rounds: int = _f(4, "cap on generation rounds per step when refilling [not reported]")
+    gen_batch_factor: float = _f(1.0, "prompt groups generated per dynamic-sampling round, as a multiple of "
+                                      "prompts_per_step (>= 1): above 1 the batch fills in fewer, larger rounds, and "
+                                      "mixed groups beyond it are dropped (dyn/surplus_groups) [not reported; verl's "
+                                      "DAPO recipe: 3]")
     overlong_buffer: int = _f(0, "DAPO soft overlong penalty buffer in tokens; 0 = off [off]")
     overlong_factor: float = _f(1.0, "DAPO soft overlong penalty at the full budget [1.0]")
     no_eos_penalty: float = _f(0.0, "reward penalty for a response that never emits EOS; 0 = off [runs 4-5: on, value not given]")
@@ -196,6 +201,8 @@ def check_config(cfg: Config) -> None:
     for name in ("n", "steps", "prompts_per_step", "mini_batch_prompts", "micro_batch_seqs", "max_response_tokens", "max_gen_rounds"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if not cfg.gen_batch_factor >= 1:
+        raise ValueError(f"--gen-batch-factor must be >= 1 (a round generates at least one batch), got {cfg.gen_batch_factor}")
     if not (0 <= cfg.eps_low < 1 and cfg.eps_high >= 0):
         raise ValueError(f"clip range [1 - {cfg.eps_low}, 1 + {cfg.eps_high}] is invalid")
     if cfg.temperature <= 0 or cfg.val_temperature <= 0:
@@ -645,6 +652,8 @@ def train(cfg: Config) -> dict:
 
     metrics = Metrics(cfg.out, rank, start_step if ckpt else None)
     G_local = cfg.prompts_per_step // world
+    # groups generated per round: with dynamic sampling, gen_batch_factor x the batch (fewer refill rounds)
+    G_gen = math.ceil(G_local * cfg.gen_batch_factor) if cfg.dynamic_sampling else G_local
     print0(rank, f"train: {world} rank(s) on {device}, {G_local} groups x {cfg.n} samples per rank per step, "
                  f"{cfg.prompts_per_step // cfg.mini_batch_prompts} updates/step, steps {start_step}->{cfg.steps}, out {out}")
     from tqdm import tqdm
@@ -659,7 +668,7 @@ def train(cfg: Config) -> dict:
         gen_tokens = [0]
 
         def sample_round(r: int):
-            tasks = mixture.next_batch(G_local)
+            tasks = mixture.next_batch(G_gen)
             with timed(times, "time/rollout"):
                 prompts = [data.format_prompt(t, tokenizer) for t in tasks]
                 samples = engine.generate(prompts, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -716,12 +725,15 @@ def train(cfg: Config) -> dict:
         trunc = torch.tensor([float(s["finish_reason"] == "length") for s in samples])
         mism = rollout.logprob_mismatch(batch["engine_logp"], old_logp, batch["mask"])
         sums = all_reduce(torch.tensor([scores.sum(), (scores == 1.0).float().sum(), lens.sum(), trunc.sum(), float(len(samples)),
-                                        mism, float(ds["kept_frac"]), float(ds["rounds"]), float(padded), float(gen_tokens[0])]))
+                                        mism, float(ds["kept_frac"]), float(ds["rounds"]), float(padded), float(gen_tokens[0]),
+                                        float(ds.get("truncated_groups", 0)), float(ds["generated_groups"])]))
         rec = {"step": step + 1, **upd,
                "rollout/reward": (sums[0] / sums[4]).item(), "rollout/accuracy": (sums[1] / sums[4]).item(),
                "rollout/response_len": (sums[2] / sums[4]).item(), "rollout/truncated": (sums[3] / sums[4]).item(),
                "rollout/logprob_mismatch": (sums[5] / world).item(), "dyn/kept_frac": (sums[6] / world).item(),
                "dyn/rounds": (sums[7] / world).item(), "dyn/padded_groups": int(sums[8].item()),
+               "dyn/generated_groups": int(sums[11].item()),  # over all rounds and ranks
+               "dyn/surplus_groups": int(sums[10].item()),  # mixed groups generated beyond the batch, not trained on
                "lr": cfg.lr}
         for dom in sorted({g["task"]["domain"] for g in groups}):
             s = torch.tensor([x for g in groups if g["task"]["domain"] == dom for x in g["scores"]])

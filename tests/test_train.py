@@ -91,6 +91,7 @@ def test_no_arguments_gives_the_embedded_default_and_prorl_preset_the_paper():
     (["--n", "1"], "--n"),
     (["--steps", "0"], "--steps"),
     (["--preset", "nope"], "preset"),
+    (["--gen-batch-factor", "0.5"], "--gen-batch-factor"),  # a round must generate at least one batch
 ])
 def test_bad_configuration_is_refused_with_a_clear_message(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
@@ -265,6 +266,27 @@ def test_steps_end_to_end_log_checkpoint_validate_and_reset(tiny_model_dir, task
             assert torch.equal(ref[k], v), k
     first = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(first[k], v) for k, v in policy.state_dict().items())  # training moved it
+    check_rounds(recs, groups_per_round=4, batch=4)  # --gen-batch-factor 1 (the default): rounds of one batch
+
+
+@pytest.mark.slow
+def test_oversampled_rounds_generate_more_groups_and_drop_the_surplus(tiny_model_dir, task_file, tmp_path):
+    """--gen-batch-factor 3 with a batch of 4: each round generates 12 groups; the mixed groups beyond the batch
+    are counted as surplus: surplus = mixed - 4 when the step fills (mixed = kept_frac x generated)."""
+    out = tmp_path / "run"
+    r = run_train([*small_args(tiny_model_dir, task_file, out), "--steps", "2", "--gen-batch-factor", "3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_rounds(records(out), groups_per_round=12, batch=4)
+
+
+def check_rounds(recs, groups_per_round, batch):
+    """Dynamic sampling's bookkeeping per step: every round generates groups_per_round groups; of the mixed ones
+    (kept_frac x generated), those beyond the batch are surplus, and a batch left short is padded."""
+    for x in recs:
+        assert x["dyn/generated_groups"] == groups_per_round * x["dyn/rounds"], x
+        mixed = round(x["dyn/kept_frac"] * x["dyn/generated_groups"])
+        assert x["dyn/padded_groups"] == max(0, batch - mixed), x
+        assert x["dyn/surplus_groups"] == max(0, mixed - batch), x
 
 
 KILL_STEPS = 4
