@@ -204,7 +204,7 @@ def test_marks_trace_is_the_same_local_step_at_every_size(vertices):
                 forbidden[int(w)].add(colour)
 
 
-def test_graph_color_trace_is_part_of_the_build_fingerprint(tmp_path, monkeypatch):
+def test_trace_counts_and_schedule_are_part_of_the_build_fingerprint(tmp_path, monkeypatch):
     import transformers
 
     built = []
@@ -226,6 +226,17 @@ def test_graph_color_trace_is_part_of_the_build_fingerprint(tmp_path, monkeypatc
     assert built == everything * 2  # another trace: another tokenizer corpus, so everything is rebuilt
     with pytest.raises(ValueError, match="graph_color_trace='edges'"):
         E.ensure_base(tmp_path, graph_color_trace="edges")
+    # the warm start's data counts and schedule rebuild the warm start only
+    E.ensure_base(tmp_path, sft_n=dict(E.SFT_N))
+    assert built == everything * 3  # back to the default trace; the same counts as the default warm start
+    E.ensure_base(tmp_path, sft_n={**E.SFT_N, "chain_sum": 7})
+    assert built == everything * 3 + ["warm start"]
+    E.ensure_base(tmp_path, sft_n={**E.SFT_N, "chain_sum": 7}, sft_lr_final=0.5)
+    assert built == everything * 3 + ["warm start"] * 2
+    with pytest.raises(ValueError, match="sft_n"):
+        E.ensure_base(tmp_path, sft_n={"graph_color": 5})
+    with pytest.raises(ValueError, match="sft_lr_final"):
+        E.ensure_base(tmp_path, sft_lr_final=0)
 
 
 def test_worked_solution_rejects_other_tasks():
@@ -281,6 +292,30 @@ def test_warm_start_tasks_add_a_few_larger_graphs_that_rl_never_sees():
     assert sum(s in small for s in sizes) == 20 and sum(s in large for s in sizes) == 40
     assert len(tasks) == 20 * len(E.MINI_TASKS) + 40 and len({t["id"] for t in tasks}) == len(tasks)
     assert min(E.SFT_LARGE_VERTICES) > max(E.TRAIN_VERTICES)  # RL's sizes and the extra sizes do not overlap
+
+
+def test_warm_start_counts_per_task_are_prefixes_of_the_same_stream():
+    """SFT_N gives each task its own count; a smaller count is a prefix of a larger one (RG: entry i from seed + i)."""
+    counts = {"graph_color": 12, "chain_sum": 5, "leg_counting": 3}
+    tasks = E.sft_tasks(counts, E.SFT_DATA_SEED, n_large=0)
+    by_task = {name: [t["rg_entry"]["question"] for t in tasks if t["rg_task"] == name] for name in counts}
+    assert {name: len(q) for name, q in by_task.items()} == counts
+    full = E.sft_tasks(12, E.SFT_DATA_SEED, n_large=0)
+    for name in counts:
+        assert by_task[name] == [t["rg_entry"]["question"] for t in full if t["rg_task"] == name][: counts[name]]
+    with pytest.raises(ValueError, match="chain_sum"):
+        E.sft_tasks({"graph_color": 3, "leg_counting": 3}, E.SFT_DATA_SEED)
+
+
+def test_sft_learning_rate_warms_up_then_follows_a_cosine_to_the_final_fraction():
+    f = E.sft_lr_factor
+    assert [f(s, 110, warmup=10, final=0.1) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert f(10, 110, warmup=10, final=0.1) == pytest.approx(1.0)  # the cosine starts at the peak
+    assert f(60, 110, warmup=10, final=0.1) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
+    assert f(35, 110, warmup=10, final=0.1) == pytest.approx(0.1 + 0.9 * (1 + 2 ** -0.5) / 2)  # a quarter: cos = 1/sqrt 2
+    assert f(110, 110, warmup=10, final=0.1) == pytest.approx(0.1)
+    lrs = [f(s, 110, warmup=10, final=0.1) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # never rises after the warm-up
 
 
 def test_exact_vertices_changes_scoring_but_no_build_fingerprint(monkeypatch):
