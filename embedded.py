@@ -88,7 +88,7 @@ EXACT_VERTICES = False
 #       warm-start steps (SFT_STEPS is 600), the first configuration in which RL on 4-6 vertices lifts pass@1
 #       at 7 and 8 vertices (three seeds of three; up to chance, not past it). Not the default: the longer
 #       warm start breaks the 20-minute budget. E9: 1200 steps with fewer arithmetic solutions (SFT_N) and 100
-#       RL steps; 7 vertices past chance in one seed of two, at the edge of the budget.
+#       RL steps; 7 vertices lifted in two seeds of three (past chance in one), at the edge of the budget.
 GRAPH_COLOR_TRACES = ("neighbours", "marks")
 GRAPH_COLOR_TRACE = "neighbours"
 GRAPH_COLOR = {"num_colors": NUM_COLORS, "edge_probability": EDGE_PROBABILITY,
