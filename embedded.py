@@ -247,21 +247,27 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True) -> str
     return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
 
 
-def mini_tasks(n: int, seed: int) -> list[dict]:
-    """n tasks of every MINI_TASKS entry (data.py's task schema), task by task."""
-    return [t for name, cfg in MINI_TASKS for t in data.reasoning_gym_tasks(name, n, seed, **cfg)]
+def task_counts(n: int | dict, what: str = "n") -> dict[str, int]:
+    """{task name: count} for every MINI_TASKS entry, from one count for all or a mapping; each a positive int."""
+    names = [name for name, _ in MINI_TASKS]
+    counts = dict(n) if isinstance(n, dict) else dict.fromkeys(names, n)
+    if sorted(counts) != sorted(names) or not all(isinstance(v, int) and v > 0 for v in counts.values()):
+        raise ValueError(f"{what}={counts}: need a positive integer count for each of {names}")
+    return counts
+
+
+def mini_tasks(n: int | dict, seed: int) -> list[dict]:
+    """n tasks of every MINI_TASKS entry (an int, or {task name: count}; data.py's task schema), task by task.
+    RG's entry i depends on seed + i only: a smaller count is a prefix of a larger one."""
+    counts = task_counts(n)
+    return [t for name, cfg in MINI_TASKS for t in data.reasoning_gym_tasks(name, counts[name], seed, **cfg)]
 
 
 def sft_tasks(n: int | dict, seed: int, n_large: int = SFT_LARGE_N) -> list[dict]:
-    """The warm start's tasks: n of every MINI_TASKS entry (an int, or {task name: count}), then n_large
-    graph_color tasks at SFT_LARGE_VERTICES. RG's entry i depends on seed + i only: a smaller count is a prefix."""
-    counts = n if isinstance(n, dict) else {name: n for name, _ in MINI_TASKS}
-    if sorted(counts) != sorted(name for name, _ in MINI_TASKS):
-        raise ValueError(f"sft_tasks: counts for {sorted(counts)}; need one for each of {[name for name, _ in MINI_TASKS]}")
-    small = [t for name, cfg in MINI_TASKS for t in data.reasoning_gym_tasks(name, counts[name], seed, **cfg)]
+    """The warm start's tasks: mini_tasks(n, seed), then n_large graph_color tasks at SFT_LARGE_VERTICES."""
     large = data.reasoning_gym_tasks("graph_color", n_large, seed, min_num_vertices=SFT_LARGE_VERTICES[0],
                                      max_num_vertices=SFT_LARGE_VERTICES[1], **GRAPH_COLOR) if n_large else []
-    return small + large
+    return mini_tasks(n, seed) + large
 
 
 def _corpus(tasks: list[dict], graph_color_trace: str):
@@ -515,9 +521,7 @@ def ensure_base(out_root: str | Path = "out/mini", seed: int = 0, size: str = "m
     tok_fp = _fingerprint(stage="tokenizer", seed=seed, vocab=VOCAB_SIZE, template=CHAT_TEMPLATE,
                           trace=graph_color_trace, code=inspect.getsource(build_tokenizer) + inspect.getsource(prompt_phrases))
     base_fp = _fingerprint(stage="base", tok=tok_fp, size=MODEL_SIZES[size], seed=seed, pos=MAX_POSITION_EMBEDDINGS)
-    sft_n = dict(SFT_N if sft_n is None else sft_n)
-    if sorted(sft_n) != sorted(SFT_N) or not all(isinstance(v, int) and v > 0 for v in sft_n.values()):
-        raise ValueError(f"ensure_base: sft_n={sft_n}; need a positive count for each of {sorted(SFT_N)}")
+    sft_n = task_counts(SFT_N if sft_n is None else sft_n, what="ensure_base: sft_n")
     if not 0 < sft_lr_final <= 1:
         raise ValueError(f"ensure_base: sft_lr_final={sft_lr_final}; need 0 < sft_lr_final <= 1")
     warm_fp = _fingerprint(stage="warmstart", base=base_fp, steps=sft_steps, batch=SFT_BATCH, lr=SFT_LR,

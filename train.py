@@ -692,7 +692,8 @@ def train(cfg: Config) -> dict:
             groups, ds = grpo.fill_batch(sample_round, G_local, cfg.n, cfg.max_gen_rounds, on_underfill="warn")
         else:
             groups, _ = sample_round(0)
-            ds = {"rounds": 1, "kept_frac": 1.0, "generated_groups": len(groups), "kept_groups": len(groups)}
+            ds = {"rounds": 1, "kept_frac": 1.0, "generated_groups": len(groups), "kept_groups": len(groups),
+                  "truncated_groups": 0}
         padded = G_local - len(groups)
         groups = groups + dropped[:padded]  # zero-advantage filler (see the docstring); 0 when full
         if len(groups) < G_local:
@@ -726,7 +727,7 @@ def train(cfg: Config) -> dict:
         mism = rollout.logprob_mismatch(batch["engine_logp"], old_logp, batch["mask"])
         sums = all_reduce(torch.tensor([scores.sum(), (scores == 1.0).float().sum(), lens.sum(), trunc.sum(), float(len(samples)),
                                         mism, float(ds["kept_frac"]), float(ds["rounds"]), float(padded), float(gen_tokens[0]),
-                                        float(ds.get("truncated_groups", 0)), float(ds["generated_groups"])]))
+                                        float(ds["truncated_groups"]), float(ds["generated_groups"])]))
         rec = {"step": step + 1, **upd,
                "rollout/reward": (sums[0] / sums[4]).item(), "rollout/accuracy": (sums[1] / sums[4]).item(),
                "rollout/response_len": (sums[2] / sums[4]).item(), "rollout/truncated": (sums[3] / sums[4]).item(),
