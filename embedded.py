@@ -75,22 +75,20 @@ SFT_LARGE_N = 1000
 
 # Reasoning Gym's graph_color check ignores keys that are not vertices, so an answer colouring 6 vertices passes
 # every 4- and 5-vertex graph it colours properly, and RL on 4-6 vertices learns to write too many (after the
-# default's 120 steps, 80% of the answers to 4-vertex graphs list 5 vertices). True scores such answers wrong
+# previous default's 120 steps, 80% of the answers to 4-vertex graphs list 5 vertices). True scores such answers wrong
 # (data.py's exact_vertices; for RL, validation and evaluation alike). Off: the README's runs use RG's rule,
 # and turning it on (follow-ups E6, E7 in the README) did not make RL transfer to larger graphs.
 EXACT_VERTICES = False
 # The form of graph_color's worked solution (one line per vertex, greedy in vertex order):
 #   "neighbours": the vertex's earlier neighbours with their colours, then its colour ("6:0=1 3=1 5=2>3"). To
 #       write it, the model must gather edges that end at the vertex, scattered through the prompt's edge list.
+#       The default until follow-up E9: RL on 4-6 vertices then erased the warm start's ability at 7-9 vertices.
 #   "marks": the vertex's colour, then each later neighbour marked with it ("3=1 4/1 5/1"). The marks copy one
 #       contiguous run of the prompt's edge list, and a vertex's colour is the smallest one no "v/c" mark above
-#       it forbids: every line is the same local step at any graph size. Follow-up E8 in the README: with 2000
-#       warm-start steps (SFT_STEPS is 600), the first configuration in which RL on 4-6 vertices lifts pass@1
-#       at 7 and 8 vertices (three seeds of three; up to chance, not past it). Not the default: the longer
-#       warm start breaks the 20-minute budget. E9: 1200 steps with fewer arithmetic solutions (SFT_N) and 100
-#       RL steps; 7 vertices lifted in two seeds of three (past chance in one), at the edge of the budget.
+#       it forbids: every line is the same local step at any graph size. The default since E9 (README): with
+#       it, 1200 warm-start steps and 100 RL steps, RL on 4-6 vertices lifts 7 vertices in two seeds of three.
 GRAPH_COLOR_TRACES = ("neighbours", "marks")
-GRAPH_COLOR_TRACE = "neighbours"
+GRAPH_COLOR_TRACE = "marks"
 GRAPH_COLOR = {"num_colors": NUM_COLORS, "edge_probability": EDGE_PROBABILITY,
                **({"exact_vertices": True} if EXACT_VERTICES else {})}
 MINI_TASKS: list[tuple[str, dict]] = [
@@ -379,10 +377,11 @@ def build_model(out_dir: str | Path, tokenizer, size: str = "mini", seed: int = 
 # ----------------------------------------------------------------------------------------------------
 # Supervised warm start
 
-# Worked solutions per task ({name: count}; `embedded.py --sft-n`). With 4000 each, 62% of the warm start's draws
-# are arithmetic; follow-up E9 (README) gives graph_color the larger share.
-SFT_N = {"graph_color": 4000, "chain_sum": 4000, "leg_counting": 4000}
-SFT_STEPS = 600
+# Worked solutions per task ({name: count}; `embedded.py --sft-n`). graph_color gets the larger share (E9): with
+# 4000 each (the default until E9), 62% of the warm start's draws were arithmetic and 1200 steps learned the
+# marks trace less well. The arithmetic lists are prefixes of the 4000-long ones (RG's entry i depends on seed + i).
+SFT_N = {"graph_color": 4000, "chain_sum": 1500, "leg_counting": 1500}
+SFT_STEPS = 1200  # E8: 2000 steps learn the marks trace better but take 11 min; 1000 (E9 variant D) too few for RL to lift 7 vertices
 SFT_BATCH = 32
 SFT_LR = 2e-3  # AdamW, linear warmup, then a cosine down to SFT_LR_FINAL x SFT_LR (sft_lr_factor)
 # 1.0: constant after the warm-up. E9 (README): a cosine to 0.1 learns the marks trace faster, but RL from that
@@ -579,7 +578,7 @@ def main(argv=None):
     parser.add_argument("--out", default="out/mini")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", default="mini", choices=sorted(MODEL_SIZES))
-    parser.add_argument("--sft-steps", type=int, default=SFT_STEPS, help=f"warm-start steps [{SFT_STEPS}; 2000 in E8, 1200 in E9]")
+    parser.add_argument("--sft-steps", type=int, default=SFT_STEPS, help=f"warm-start steps [{SFT_STEPS}; 600 before E9, 2000 in E8]")
     parser.add_argument("--graph-color-trace", default=GRAPH_COLOR_TRACE, choices=GRAPH_COLOR_TRACES,
                         help=f"form of graph_color's worked solution (see GRAPH_COLOR_TRACES) "
                              f"[{GRAPH_COLOR_TRACE}; marks in E8, E9]")

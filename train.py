@@ -86,7 +86,7 @@ class Config:
     train_data: str = _f("", "data spec (see data.py); '' = the embedded default's Reasoning Gym tasks [5 domains, 136K]")
     val_data: str = _f("", "validation spec for reset decisions; '' = embedded default [AIME24, Codeforces, GPQA-D, IFEval, graph_color]")
     seed: int = _f(0, "seed of data order, sampling and init")
-    steps: int = _f(120, "training steps [> 2,000 over 8 runs]")
+    steps: int = _f(100, "training steps [> 2,000 over 8 runs]")
     resume: bool = _f(False, "continue from the newest complete checkpoint in --out")
     # rollout
     n: int = _f(16, "samples per prompt (group size G) [16; 32 in runs 6-7]")
