@@ -581,11 +581,10 @@ def main(argv=None):
     parser.add_argument("--sft-steps", type=int, default=SFT_STEPS, help=f"warm-start steps [{SFT_STEPS}; 600 before E9, 2000 in E8]")
     parser.add_argument("--graph-color-trace", default=GRAPH_COLOR_TRACE, choices=GRAPH_COLOR_TRACES,
                         help=f"form of graph_color's worked solution (see GRAPH_COLOR_TRACES) "
-                             f"[{GRAPH_COLOR_TRACE}; marks in E8, E9]")
+                             f"[{GRAPH_COLOR_TRACE}; neighbours before E9]")
     default_n = ",".join(f"{k}={v}" for k, v in SFT_N.items())
     parser.add_argument("--sft-n", default=default_n,
-                        help=f"worked solutions per task, name=count,... [{default_n}; graph_color=4000,"
-                             f"chain_sum=1500,leg_counting=1500 in E9]")
+                        help=f"worked solutions per task, name=count,... [{default_n}; 4000 each before E9]")
     parser.add_argument("--sft-lr-final", type=float, default=SFT_LR_FINAL,
                         help=f"warm-start learning rate at the end of its cosine, as a fraction of {SFT_LR} "
                              f"(1 = constant) [{SFT_LR_FINAL}; 0.1 in E9's variant B]")
