@@ -77,7 +77,8 @@ SFT_LARGE_N = 1000
 # every 4- and 5-vertex graph it colours properly, and RL on 4-6 vertices learns to write too many (after the
 # previous default's 120 steps, 80% of the answers to 4-vertex graphs list 5 vertices). True scores such answers wrong
 # (data.py's exact_vertices; for RL, validation and evaluation alike). Off: the README's runs use RG's rule,
-# and turning it on (follow-ups E6, E7 in the README) did not make RL transfer to larger graphs.
+# and turning it on (follow-ups E6, E7 in the README) did not make RL transfer to larger graphs; on today's
+# default (E10) it keeps every trained-size answer the right length but erases 7 vertices.
 EXACT_VERTICES = False
 # The form of graph_color's worked solution (one line per vertex, greedy in vertex order):
 #   "neighbours": the vertex's earlier neighbours with their colours, then its colour ("6:0=1 3=1 5=2>3"). To
@@ -378,10 +379,10 @@ def build_model(out_dir: str | Path, tokenizer, size: str = "mini", seed: int = 
 # Supervised warm start
 
 # Worked solutions per task ({name: count}; `embedded.py --sft-n`). graph_color gets the larger share (E9): with
-# 4000 each (the default until E9), 62% of the warm start's draws were arithmetic and 1200 steps learned the
-# marks trace less well. The arithmetic lists are prefixes of the 4000-long ones (RG's entry i depends on seed + i).
+# 4000 each (the default until E9), 62% of the warm start's draws were arithmetic, and in E9's 1000-step probes
+# the marks trace was learned less well (marks right on 43% vs 47% of 6-vertex lines). The arithmetic lists are prefixes of the 4000-long ones (RG's entry i depends on seed + i).
 SFT_N = {"graph_color": 4000, "chain_sum": 1500, "leg_counting": 1500}
-SFT_STEPS = 1200  # E8: 2000 steps learn the marks trace better but take 11 min; 1000 (E9 variant D) too few for RL to lift 7 vertices
+SFT_STEPS = 1200  # E8: 2000 steps learn the marks trace better but take 11 min; after 1000 (E9 variant D, one seed) RL did not lift 7 vertices
 SFT_BATCH = 32
 SFT_LR = 2e-3  # AdamW, linear warmup, then a cosine down to SFT_LR_FINAL x SFT_LR (sft_lr_factor)
 # 1.0: constant after the warm-up. E9 (README): a cosine to 0.1 learns the marks trace faster, but RL from that
