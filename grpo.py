@@ -199,12 +199,15 @@ def token_logprobs(logits, targets, temperature=1.0, chunk_size=LOGP_CHUNK_SIZE,
     flat_logits = logits.reshape(B * T, V)  # (N, V), a view
     flat_targets = targets.reshape(B * T, 1).long()  # (N, 1)
     logp_chunks, entropy_chunks = [], []
-    for start in range(0, B * T, chunk_size):
+    # split(), not slicing in a loop: split's backward concatenates the chunks' gradients once, whereas
+    # each slice's backward would write into its own zero-filled (N, V) gradient, all of them then summed
+    # (chunks x N x V work: 36% of an update step's GPU time at 8 x 4096 tokens and a 152k vocabulary).
+    for logit_chunk, target_chunk in zip(flat_logits.split(chunk_size), flat_targets.split(chunk_size)):
         # fp32 for the softmax: bf16 log-probs are too coarse for ratios near 1. Only this chunk's
         # float copy and its log-softmax exist at once; autograd keeps the log-softmax for backward.
-        z = flat_logits[start:start + chunk_size].float() / temperature  # (n, V)
+        z = logit_chunk.float() / temperature  # (n, V)
         logp_all = torch.log_softmax(z, dim=-1)  # (n, V)
-        logp_chunks.append(logp_all.gather(-1, flat_targets[start:start + chunk_size]).squeeze(-1))  # (n,)
+        logp_chunks.append(logp_all.gather(-1, target_chunk).squeeze(-1))  # (n,)
         if with_entropy:
             with torch.no_grad():
                 entropy_chunks.append(-(logp_all.exp() * logp_all).sum(-1))  # (n,)

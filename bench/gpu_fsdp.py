@@ -90,6 +90,8 @@ def parse_args(argv=None):
     p.add_argument("--gen-prompt-tokens", type=int, default=None, help="prompt length for generate (default 256; tiny 8)")
     p.add_argument("--no-grad-ckpt", action="store_true", help="turn activation checkpointing off")
     p.add_argument("--fused-adamw", action="store_true", help="torch AdamW(fused=True) instead of the default (foreach)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile one more update step: device time by kernel class and top kernels")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of this device (else from its name)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench/gpu_fsdp.json", help="JSON result file")
@@ -228,6 +230,46 @@ def measure_update(model, opt, cfg, a, device, gen) -> dict:
     return {"step_times_s": [round(t, 4) for t in times], "clipfrac_last": clipfracs[-1]}
 
 
+# Kernel classes for --profile, first match wins (substrings of lower-cased kernel names).
+KERNEL_CLASSES = (("attention (flash / SDPA)", ("flash", "fmha", "attention", "sdpa")),
+                  ("matmul (GEMM)", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "cublas", "aten::mm",
+                                     "aten::addmm", "aten::bmm", "mmbackward")),
+                  ("nccl (all-gather / reduce-scatter)", ("nccl",)),
+                  ("softmax / log-prob", ("softmax", "logsumexp", "gather", "scatter")),
+                  ("optimizer (AdamW)", ("adam", "multi_tensor", "foreach")),
+                  ("copies / casts", ("memcpy", "memset", "copy", "catarray", "split", "chunk")),
+                  ("other elementwise / reductions", ("",)))
+
+
+def profile_update(model, opt, cfg, a, device, gen) -> dict:
+    """One more update step under torch.profiler: device time per kernel class and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    steps, warm = a.steps, a.warmup
+    a.steps, a.warmup = 1, 0
+    try:
+        with profile(activities=acts) as prof:
+            measure_update(model, opt, cfg, a, device, gen)
+    finally:
+        a.steps, a.warmup = steps, warm
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0 and
+              (device.type != "cuda" or e.device_type == torch.autograd.DeviceType.CUDA)]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    classes = {name: 0.0 for name, _ in KERNEL_CLASSES}
+    for e in events:
+        low = e.key.lower()
+        name = next(n for n, subs in KERNEL_CLASSES if any(sub in low for sub in subs))
+        classes[name] += getattr(e, attr)
+    top = sorted(events, key=lambda e: -getattr(e, attr))[:15]
+    return {"time": "device (kernel) time" if device.type == "cuda" else "CPU self time of ops",
+            "total_ms": total / 1e3,
+            "share_by_class": {k: round(v / total, 4) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+            "top": [{"name": e.key[:120], "calls": e.count, "ms": round(getattr(e, attr) / 1e3, 2),
+                     "share": round(getattr(e, attr) / total, 4)} for e in top]}
+
+
 @torch.no_grad()
 def measure_logprob(model, cfg, a, device, gen) -> dict:
     """Phase 6 of train.py: no-grad forward + log-probs with entropy, one micro-batch per call."""
@@ -329,6 +371,8 @@ def main(argv=None) -> int:
         import resource
 
         result["memory"] = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if a.profile:
+        result["profile"] = profile_update(model, opt, cfg, a, device, gen)
     result["logprob_forward"] = measure_logprob(model, cfg, a, device, gen)
     del model, opt
     if device.type == "cuda":

@@ -3,6 +3,7 @@
 # transformers (no vLLM, no network): bench/gpu_fsdp.py at R1-Distill-Qwen-1.5B size in four settings.
 #
 #   bash bench/gpu_suite.sh [OUTDIR] [extra gpu_fsdp.py flags, appended to every run]
+#   bash bench/gpu_suite.sh out/bench/gpu --profile          # as measured: + one profiled step per setting
 #   PYTHON=.venv/bin/python bash bench/gpu_suite.sh /tmp/g --tiny --seq-len 64 --micro-batch 2   # CPU smoke
 #
 #   mb8         8 x 4096 tokens per micro-batch, activation checkpointing, foreach AdamW; + transformers generate
@@ -41,6 +42,10 @@ print(f"{sys.argv[2]}: micro {u['micro_batch']} x {r['settings']['seq_len']}  st
       f"{u['tokens_per_s']:.0f} tok/s  MFU {mfu}  HFU {hfu}  peak {mem:.1f} GiB  "
       f"logprob fwd {r['logprob_forward']['tokens_per_s']:.0f} tok/s  "
       f"generate {g.get('new_tokens_per_s', 0):.0f} tok/s  attempts {r['attempts']}  ({sys.argv[3]} s)")
+if "profile" in r:
+    print("   profile:", {k: v for k, v in r["profile"]["share_by_class"].items() if v >= 0.01})
+    for t in r["profile"]["top"][:4]:
+        print(f"     {t['share']:.3f} {t['calls']:5d}x {t['name'][:90]}")
 PY
   else
     echo "$name: FAILED rc=$rc ($((SECONDS - t0)) s); tail of suite.log:"
