@@ -31,7 +31,9 @@ retried with half the sequences (the JSON records each attempt).
 Run:
     python bench/gpu_fsdp.py                                   # one H100/H200: 8 x 4096 tokens per micro-batch
     python bench/gpu_fsdp.py --micro-batch 4 --accum 2         # same tokens per step, half the activations
+    python bench/gpu_fsdp.py --profile                         # + GPU time by kernel class over one more step
     python bench/gpu_fsdp.py --tiny                            # CPU smoke run: small config, few steps
+    bash bench/gpu_suite.sh                                    # the four settings in bench/README.md's table
     torchrun --nproc_per_node 8 bench/gpu_fsdp.py              # one node
 Output: one JSON object on stdout, also written to --out (default out/bench/gpu_fsdp.json).
 """
