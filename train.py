@@ -238,11 +238,11 @@ def keep_freed_memory() -> bool:
 
     glibc serves every allocation above its mmap threshold (at most 32 MiB: here the activations, logits
     and gradients of a micro-batch) with a fresh mmap and unmaps it on free, so every micro-batch
-    page-faults in newly zeroed pages. On bench_trl's model that was 35-40% of the trainer's CPU time
-    spent in the kernel (bench/README.md). M_MMAP_MAX = 0 serves large blocks from the heap, and a 2 GiB
-    trim threshold keeps freed heap memory for the next micro-batch; the process's RSS then stays near
-    its peak instead of falling between steps. Values and results are unchanged. Where libc is not glibc
-    (macOS, musl) nothing is done and False is returned."""
+    page-faults in newly zeroed pages. On bench_trl's model that was 25-65% of the trainer's CPU time
+    spent in the kernel, and the update phase ran twice as long (bench/README.md). M_MMAP_MAX = 0 serves
+    large blocks from the heap, and a 2 GiB trim threshold keeps freed heap memory for the next
+    micro-batch; the process's RSS then stays near its peak instead of falling between steps. Values and
+    results are unchanged. Where libc is not glibc (macOS, musl) nothing is done and False is returned."""
     import ctypes
     import ctypes.util
 

@@ -25,7 +25,9 @@ batch = our token-mean over the mini-batch), scale_rewards "group", top_k 0, con
 fp32 (TRL defaults to bf16 where supported; `--dtype bfloat16` runs both sides in bf16 mixed precision),
 gradient_checkpointing False (TRL's default is True).
 Left unequal: our dual clip (c = 3, inactive at ratio 1) and our advantage eps (1e-6 vs TRL's 1e-4). Neither
-side recomputes old log-probs with one update per step (the ratio is exactly 1 in both).
+side recomputes old log-probs with one update per step (the ratio is exactly 1 in both). The allocator:
+train.py keeps freed memory in glibc's heap on CPU (train.keep_freed_memory); TRL runs with glibc's defaults
+unless `--trl-keep-freed-memory` gives it the same setting through GLIBC_TUNABLES.
 
 Forcing 256-token completions: neither train.py nor rollout.py exposes vLLM's min_tokens / ignore_eos, so the
 model itself almost never emits EOS: its lm_head is untied, the EOS row is zero (EOS logit 0) and the other
@@ -46,6 +48,7 @@ Run:
     .venv/bin/python bench/bench_trl.py                          # 2 rounds x (ours, TRL) x 3 steps
     .venv/bin/python bench/bench_trl.py --rounds 3 --steps 4 --trl-vllm
     .venv/bin/python bench/bench_trl.py --rounds 1 --steps 2 --dtype bfloat16   # both sides in bf16 (TRL's default)
+    .venv/bin/python bench/bench_trl.py --rounds 1 --steps 2 --only trl --trl-keep-freed-memory   # TRL, our allocator
     .venv/bin/python bench/bench_trl.py --combine A/result.json B/result.json --out C   # rounds run at different times
 Output: a table on stdout and out/bench/trl/result.json.
 """

@@ -100,7 +100,7 @@ def test_bad_configuration_is_refused_with_a_clear_message(argv, words, capsys):
     assert words in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------------------------------------- batch
+# -------------------------------------------------------------------------------------- CPU allocator
 _REALLOC_FAULTS = """
 import resource, sys
 sys.path.insert(0, sys.argv[2])
@@ -129,6 +129,7 @@ def test_keep_freed_memory_reuses_large_blocks_without_new_page_faults():
     assert faults["default"] > 10 * max(faults["keep"], 20), faults
 
 
+# ---------------------------------------------------------------------------------------------- batch
 def test_make_batch_marks_exactly_the_response_targets():
     samples = [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9], "logprobs": [-0.5, -0.25]},
                {"prompt_ids": [5], "response_ids": [4, 3, 2], "logprobs": [-1.0, -2.0, -3.0]}]
