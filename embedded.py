@@ -380,7 +380,8 @@ def build_model(out_dir: str | Path, tokenizer, size: str = "mini", seed: int = 
 
 # Worked solutions per task ({name: count}; `embedded.py --sft-n`). graph_color gets the larger share (E9): with
 # 4000 each (the default until E9), 62% of the warm start's draws were arithmetic, and in E9's 1000-step probes
-# the marks trace was learned less well (marks right on 43% vs 47% of 6-vertex lines). The arithmetic lists are prefixes of the 4000-long ones (RG's entry i depends on seed + i).
+# the marks trace was learned less well (marks right on 43% vs 47% of 6-vertex lines). The arithmetic lists
+# are prefixes of the 4000-long ones (RG's entry i depends on seed + i).
 SFT_N = {"graph_color": 4000, "chain_sum": 1500, "leg_counting": 1500}
 SFT_STEPS = 1200  # E8: 2000 steps learn the marks trace better but take 11 min; after 1000 (E9 variant D, one seed) RL did not lift 7 vertices
 SFT_BATCH = 32

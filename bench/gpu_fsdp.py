@@ -248,13 +248,9 @@ def profile_update(model, opt, cfg, a, device, gen) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    steps, warm = a.steps, a.warmup
-    a.steps, a.warmup = 1, 0
-    try:
-        with profile(activities=acts) as prof:
-            measure_update(model, opt, cfg, a, device, gen)
-    finally:
-        a.steps, a.warmup = steps, warm
+    one_step = argparse.Namespace(**{**vars(a), "steps": 1, "warmup": 0})
+    with profile(activities=acts) as prof:
+        measure_update(model, opt, cfg, one_step, device, gen)
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, attr) > 0 and
               (device.type != "cuda" or e.device_type == torch.autograd.DeviceType.CUDA)]
